@@ -1,0 +1,22 @@
+"""Reranker Workbench: fine-tune and evaluate cross-encoder rerankers on your own data."""
+
+from workbench.data import DataValidationError, load_beir, load_pairs, load_tuples
+from workbench.evaluation import RerankingEvaluator
+from workbench.losses import BinaryCrossEntropyLoss
+from workbench.model import CrossEncoder
+from workbench.retrieval import BM25Retriever
+from workbench.trainer import CrossEncoderTrainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BM25Retriever",
+    "BinaryCrossEntropyLoss",
+    "CrossEncoder",
+    "CrossEncoderTrainer",
+    "DataValidationError",
+    "RerankingEvaluator",
+    "load_beir",
+    "load_pairs",
+    "load_tuples",
+]

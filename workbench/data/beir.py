@@ -1,0 +1,106 @@
+"""BEIR folders: corpus.jsonl, queries.jsonl and qrels/<split>.tsv."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from workbench.data.readers import DataValidationError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BeirData:
+    """A BEIR split held in memory.
+
+    Attributes:
+        corpus: Doc id -> text (title and body joined by a space).
+        queries: Query id -> text, only the queries judged in this split.
+        qrels: Query id -> {doc id: grade}.
+    """
+
+    corpus: dict[str, str]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+
+def scifact_path() -> Path:
+    """The bundled SciFact sample (CC BY-NC 2.0, non-commercial; see its LICENSE)."""
+    return Path(__file__).resolve().parent.parent / "samples" / "scifact"
+
+
+def load_beir(folder: str | Path, split: str = "test") -> BeirData:
+    """Load one split of a BEIR folder.
+
+    Args:
+        folder: Holds `corpus.jsonl`, `queries.jsonl` and `qrels/<split>.tsv`.
+        split: The qrels file to read.
+
+    Returns:
+        Corpus, the split's queries, and its judgments.
+
+    Raises:
+        FileNotFoundError: If a required file is missing.
+        DataValidationError: If a line is malformed or a judged query has no text.
+    """
+    folder = Path(folder)
+    corpus = {
+        doc["_id"]: f"{doc.get('title', '')} {doc.get('text', '')}".strip()
+        for doc in _read_jsonl(folder / "corpus.jsonl", ("_id", "text"))
+    }
+    all_queries = {q["_id"]: q["text"] for q in _read_jsonl(folder / "queries.jsonl", ("_id",))}
+    qrels = _read_qrels(folder / "qrels" / f"{split}.tsv")
+
+    missing = [q for q in qrels if q not in all_queries]
+    if missing:
+        raise DataValidationError(
+            f"{folder / 'qrels' / f'{split}.tsv'}: query ids {missing[:5]!r} have no text in "
+            "queries.jsonl"
+        )
+    queries = {q: all_queries[q] for q in qrels}
+    logger.info("Loaded %s/%s: %d docs, %d queries", folder.name, split, len(corpus), len(queries))
+    return BeirData(corpus, queries, qrels)
+
+
+def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8-sig") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataValidationError(f"{path}, line {line_no}: invalid JSON ({err})") from err
+            for column in required:
+                if column not in row:
+                    raise DataValidationError(
+                        f"{path}, line {line_no}, column {column!r}: missing required field"
+                    )
+            row["_id"] = str(row["_id"])
+            rows.append(row)
+    return rows
+
+
+def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    expected = ["query-id", "corpus-id", "score"]
+    if list(table.columns[:3]) != expected:
+        raise DataValidationError(
+            f"{path}: expected a header {expected!r}, got {list(table.columns)!r}"
+        )
+    qrels: dict[str, dict[str, int]] = {}
+    for row, (query_id, doc_id, score) in enumerate(table[expected].itertuples(index=False), 1):
+        try:
+            grade = int(float(score))
+        except ValueError as err:
+            raise DataValidationError(
+                f"{path}, row {row}, column 'score': expected an integer grade, got {score!r}"
+            ) from err
+        qrels.setdefault(query_id, {})[doc_id] = grade
+    return qrels

@@ -1,0 +1,280 @@
+"""The cross-encoder: a sequence-classification model that scores (query, passage) pairs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from workbench import embedded
+from workbench.device import autocast, default_device
+
+logger = logging.getLogger(__name__)
+
+# sentence-transformers reads the activation from this config key and only imports `torch.` paths.
+_ST_CONFIG_KEY = "sentence_transformers"
+_ACTIVATIONS = {
+    "sigmoid": "torch.nn.modules.activation.Sigmoid",
+    "identity": "torch.nn.modules.linear.Identity",
+}
+# Inputs longer than this many pairs get a progress bar.
+_PROGRESS_MIN_PAIRS = 256
+
+
+class CrossEncoder:
+    """A reranker that reads a query and a passage together and returns a relevance score.
+
+    Loads any Hugging Face sequence-classification checkpoint, or a plain encoder (a fresh
+    1-label head is added), by hub id, local folder, or an embedded short name
+    (see `workbench.embedded.EMBEDDED_MODELS`).
+
+    Args:
+        name_or_path: Hub id, local folder, or embedded short name (`minilm-l6`,
+            `ms-marco-minilm-l12`, `minilm-l6-tiny`).
+        num_labels: Outputs of the head; defaults to the checkpoint's, or 1 for a plain encoder.
+        max_length: Longest tokenized pair; capped at the model's position limit. Defaults to
+            the tokenizer's `model_max_length` under that cap.
+        activation: `"sigmoid"` or `"identity"` applied by `predict`; defaults to the saved one,
+            else sigmoid for one label and identity otherwise.
+        device: `"cuda"`, `"mps"` or `"cpu"`; picked automatically when None.
+        trust_remote_code: Allow code from the model repository to run.
+
+    Example:
+        >>> model = CrossEncoder("ms-marco-minilm-l12")
+        >>> model.rank("What is BM25?", ["A ranking function.", "A pasta dish."], top_k=1)
+    """
+
+    def __init__(
+        self,
+        name_or_path: str | Path,
+        *,
+        num_labels: int | None = None,
+        max_length: int | None = None,
+        activation: str | None = None,
+        device: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        # Model
+        self.name_or_path = str(name_or_path)
+        path, overrides = _resolve_path(self.name_or_path)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        if num_labels is not None and num_labels != config.num_labels:
+            config.num_labels = num_labels
+            config.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+            config.label2id = {v: k for k, v in config.id2label.items()}
+        elif not _has_classification_head(config):
+            config.num_labels = 1
+            config.id2label, config.label2id = {0: "LABEL_0"}, {"LABEL_0": 0}
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, config=config, trust_remote_code=trust_remote_code
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+        # Settings that travel with the saved model
+        self.max_length = self._cap_max_length(max_length)
+        self.activation = _check_activation(activation or self._saved_activation())
+        self.device = torch.device(device or default_device())
+        self.model.to(self.device)
+
+    @property
+    def config(self):
+        """The underlying transformers config."""
+        return self.model.config
+
+    @property
+    def num_labels(self) -> int:
+        """Outputs of the classification head."""
+        return self.model.config.num_labels
+
+    def predict(
+        self,
+        pairs: Sequence[tuple[str, str]] | Sequence[list[str]],
+        *,
+        batch_size: int = 32,
+        activation: str | None = None,
+        precision: str = "fp32",
+        show_progress_bar: bool | None = None,
+    ) -> np.ndarray:
+        """Score (query, passage) pairs.
+
+        Pairs are scored in batches sorted by length (less padding) and returned in input order.
+
+        Args:
+            pairs: (query, passage) pairs.
+            batch_size: Pairs per forward pass.
+            activation: Overrides the model's activation for this call.
+            precision: `"fp32"`, `"bf16"` or `"fp16"` (autocast; bf16 is fast on CPUs with AMX).
+            show_progress_bar: Defaults to on for more than 256 pairs.
+
+        Returns:
+            Shape (len(pairs),) for one label, else (len(pairs), num_labels).
+
+        Raises:
+            TypeError: If a pair is not two strings.
+        """
+        pairs = _check_pairs(pairs)
+        act = _activation_fn(_check_activation(activation or self.activation))
+        if show_progress_bar is None:
+            show_progress_bar = len(pairs) > _PROGRESS_MIN_PAIRS
+
+        # Longest first: the first batch shows the worst-case memory at once.
+        lengths = [len(q) + len(p) for q, p in pairs]
+        order = np.argsort(lengths, kind="stable")[::-1]
+        scores = np.empty((len(pairs), self.num_labels), dtype=np.float32)
+        self.model.eval()
+        bar = tqdm(total=len(pairs), desc="Scoring", unit="pair", disable=not show_progress_bar)
+        with torch.inference_mode(), autocast(self.device, precision):
+            for start in range(0, len(pairs), batch_size):
+                index = order[start : start + batch_size]
+                features = self.tokenize([pairs[i] for i in index])
+                logits = self.model(**features).logits.float()  # (batch, num_labels)
+                scores[index] = act(logits).cpu().numpy()
+                bar.update(len(index))
+        bar.close()
+        return scores[:, 0] if self.num_labels == 1 else scores
+
+    def rank(
+        self,
+        query: str,
+        passages: Sequence[str],
+        *,
+        top_k: int | None = None,
+        batch_size: int = 32,
+        return_passages: bool = False,
+    ) -> list[dict]:
+        """Sort passages by their score for one query.
+
+        Args:
+            query: The query.
+            passages: Candidate passages.
+            top_k: Keep only the best `top_k`.
+            batch_size: Pairs per forward pass.
+            return_passages: Add each passage's text under `"text"`.
+
+        Returns:
+            Dicts with `corpus_id` (index into `passages`) and `score`, best first; ties keep
+            input order.
+
+        Raises:
+            ValueError: If the model has more than one label (there is no single score to sort).
+        """
+        if self.num_labels != 1:
+            raise ValueError(
+                f"`rank` needs a model with num_labels=1, but this one has {self.num_labels}. "
+                "Use `predict` and pick the column to sort by."
+            )
+        scores = self.predict([(query, p) for p in passages], batch_size=batch_size)
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        results = [{"corpus_id": int(i), "score": float(scores[i])} for i in order]
+        if return_passages:
+            for result in results:
+                result["text"] = passages[result["corpus_id"]]
+        return results
+
+    def tokenize(self, pairs: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
+        """Tokenize pairs into padded tensors on the model's device."""
+        queries, passages = zip(*pairs, strict=True)
+        features = self.tokenizer(
+            list(queries),
+            list(passages),
+            padding=True,
+            truncation="longest_first",
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {k: v.to(self.device) for k, v in features.items()}
+
+    def save_pretrained(self, folder: str | Path, **kwargs) -> None:
+        """Write safetensors weights, tokenizer and config.
+
+        The folder loads unchanged in `transformers` and `sentence_transformers.CrossEncoder`,
+        which read the same activation and `max_length` from it.
+
+        Args:
+            folder: Target folder, created if needed.
+            **kwargs: Passed to `PreTrainedModel.save_pretrained`.
+        """
+        self.write_settings()
+        self.model.save_pretrained(folder, **kwargs)
+        self.tokenizer.save_pretrained(folder)
+        logger.info("Saved model to %s", folder)
+
+    def write_settings(self) -> None:
+        """Store activation and max_length where saved checkpoints carry them."""
+        self.model.config.sentence_transformers = {
+            "activation_fn": _ACTIVATIONS[self.activation],
+            "version": "5.0.0",
+        }
+        self.tokenizer.model_max_length = self.max_length
+
+    def to(self, device: str | torch.device) -> CrossEncoder:
+        """Move the model to `device` and return self."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def _cap_max_length(self, max_length: int | None) -> int:
+        limit = getattr(self.model.config, "max_position_embeddings", None) or 512
+        # Some tokenizers report a huge sentinel model_max_length when none was saved.
+        saved = self.tokenizer.model_max_length
+        wanted = max_length or (saved if saved and saved < 1_000_000 else limit)
+        if wanted > limit:
+            logger.warning("max_length %d exceeds the position limit; using %d", wanted, limit)
+        return min(wanted, limit)
+
+    def _saved_activation(self) -> str:
+        saved = getattr(self.model.config, _ST_CONFIG_KEY, None) or {}
+        path = saved.get("activation_fn") if isinstance(saved, dict) else None
+        for name, dotted in _ACTIVATIONS.items():
+            if path == dotted:
+                return name
+        if path:
+            logger.warning("Unknown saved activation %r; using the default", path)
+        return "sigmoid" if self.num_labels == 1 else "identity"
+
+    def __repr__(self) -> str:
+        return (
+            f"CrossEncoder({self.name_or_path!r}, num_labels={self.num_labels}, "
+            f"max_length={self.max_length}, activation={self.activation!r}, device={self.device})"
+        )
+
+
+def _resolve_path(name_or_path: str) -> tuple[str, dict]:
+    if name_or_path in embedded.EMBEDDED_MODELS:
+        return embedded.resolve(name_or_path)
+    if Path(name_or_path).exists() and not Path(name_or_path, "config.json").exists():
+        raise FileNotFoundError(
+            f"{name_or_path!r} is a folder without config.json: not a Hugging Face checkpoint."
+        )
+    return name_or_path, {}
+
+
+def _has_classification_head(config) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+
+
+def _check_activation(name: str) -> str:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {name!r}")
+    return name
+
+
+def _activation_fn(name: str) -> nn.Module:
+    return nn.Sigmoid() if name == "sigmoid" else nn.Identity()
+
+
+def _check_pairs(pairs) -> list[tuple[str, str]]:
+    checked = []
+    for i, pair in enumerate(pairs):
+        if len(pair) != 2 or not all(isinstance(text, str) for text in pair):
+            raise TypeError(f"pairs[{i}] must be two strings (query, passage), got {pair!r}")
+        checked.append((pair[0], pair[1]))
+    return checked
