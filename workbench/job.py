@@ -47,22 +47,22 @@ class JobConfig:
     data: str = "scifact"
     train_split: str = "train"
     test_split: str = "test"
-    dev_queries: int = 80
+    dev_queries: int = 60
     max_train_queries: int | None = None
     max_test_queries: int | None = None
     # Retrieval and negatives
-    negatives: int = 4
+    negatives: int = 3
     first_stage_depth: int = 100
     rerank_top_k: int = 30
     dev_top_k: int = 10
     # Models
     base_model: str = "ms-marco-minilm-l12"
     baseline_model: str = "ms-marco-minilm-l12"
-    max_length: int = 96
-    freeze_layers: int = 0
+    max_length: int = 256
+    freeze_layers: int = 8
     # Training
     epochs: float = 1.0
-    learning_rate: float = 2e-5
+    learning_rate: float = 3e-5
     batch_size: int = 16
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01

