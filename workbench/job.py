@@ -261,6 +261,7 @@ def _trainer(config, model, pairs, dev, run, precision) -> CrossEncoderTrainer:
         seed=config.seed,
         report_to="none",
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     loss = BinaryCrossEntropyLoss(model, pos_weight=pos_weight)
     return CrossEncoderTrainer(

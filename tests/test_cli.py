@@ -1,0 +1,78 @@
+"""The command line: a small real run of the main job writes the whole run folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from workbench.cli import main
+from workbench.runs import read_jsonl
+
+
+@pytest.mark.slow
+def test_train_writes_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main([
+        "train", "--output-dir", str(out),
+        "--base-model", "minilm-l6-tiny", "--baseline-model", "minilm-l6-tiny",
+        "--max-train-queries", "12", "--dev-queries", "6", "--max-test-queries", "6",
+        "--max-length", "64", "--freeze-layers", "1", "--eval-steps", "2",
+    ])
+    assert code == 0
+
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"bm25", "baseline", "finetuned"}
+    for metrics in results.values():
+        assert set(metrics) == {"ndcg@10", "mrr@10", "map"}
+        assert all(0.0 <= v <= 1.0 for v in metrics.values())
+
+    assert (out / "final" / "model.safetensors").exists()
+    assert "fine-tuned model" in (out / "report.md").read_text()
+    config = json.loads((out / "config.json").read_text())
+    assert config["base_model"] == "minilm-l6-tiny" and config["freeze_layers"] == 1
+    events = read_jsonl(out / "metrics.jsonl")
+    assert events[0]["step"] == 0 and "eval_dev_ndcg@10" in events[0]
+    assert any("loss" in e for e in events)
+    assert "| finetuned |" in capsys.readouterr().out
+
+
+def test_config_file_and_flags_combine(tmp_path):
+    from workbench.job import JobConfig
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"negatives": 5, "learning_rate": 1e-5}))
+    config = JobConfig.from_file(path, learning_rate=2e-5)
+    assert (config.negatives, config.learning_rate) == (5, 2e-5)
+    path.write_text(json.dumps({"negativs": 5}))
+    with pytest.raises(ValueError, match=r"unknown config keys \['negativs'\]"):
+        JobConfig.from_file(path)
+
+
+def test_missing_data_folder_is_a_clean_error(tmp_path, capsys):
+    code = main(["train", "--output-dir", str(tmp_path / "r"), "--data", str(tmp_path / "nope")])
+    assert code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_evaluate_scores_a_model_on_a_beir_folder(tmp_path, capsys):
+    from tests.conftest import shared_data
+
+    folder = shared_data("scifact")
+    code = main(["evaluate", "--model", "minilm-l6-tiny", "--data", str(folder),
+                 "--split", "test", "--top-k", "2", "--max-length", "32"])
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out)
+
+    # The first-stage figure is BM25's top-2 as trec_eval scores it.
+    import pytrec_eval
+
+    from workbench import BM25Retriever, load_beir
+
+    beir = load_beir(folder, "test")
+    hits = BM25Retriever(beir.corpus).search(list(beir.queries.values()), top_k=2)
+    runs = {q: dict(h) for q, h in zip(beir.queries, hits, strict=True)}
+    values = pytrec_eval.RelevanceEvaluator(beir.qrels, {"ndcg_cut.10"}).evaluate(runs)
+    expected = sum(v["ndcg_cut_10"] for v in values.values()) / len(values)
+    assert metrics["test_base_ndcg@10"] == pytest.approx(expected, abs=1e-9)
+    assert 0.0 <= metrics["test_ndcg@10"] <= 1.0
