@@ -13,12 +13,29 @@ from workbench.runs import read_jsonl
 @pytest.mark.slow
 def test_train_writes_run_folder(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main([
-        "train", "--output-dir", str(out),
-        "--base-model", "minilm-l6-tiny", "--baseline-model", "minilm-l6-tiny",
-        "--max-train-queries", "12", "--dev-queries", "6", "--max-test-queries", "6",
-        "--max-length", "64", "--freeze-layers", "1", "--eval-steps", "2",
-    ])
+    code = main(
+        [
+            "train",
+            "--output-dir",
+            str(out),
+            "--base-model",
+            "minilm-l6-tiny",
+            "--baseline-model",
+            "minilm-l6-tiny",
+            "--max-train-queries",
+            "12",
+            "--dev-queries",
+            "6",
+            "--max-test-queries",
+            "6",
+            "--max-length",
+            "64",
+            "--freeze-layers",
+            "1",
+            "--eval-steps",
+            "2",
+        ]
+    )
     assert code == 0
 
     results = json.loads((out / "results.json").read_text())
@@ -59,8 +76,21 @@ def test_evaluate_scores_a_model_on_a_beir_folder(tmp_path, capsys):
     from tests.conftest import shared_data
 
     folder = shared_data("scifact")
-    code = main(["evaluate", "--model", "minilm-l6-tiny", "--data", str(folder),
-                 "--split", "test", "--top-k", "2", "--max-length", "32"])
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            "minilm-l6-tiny",
+            "--data",
+            str(folder),
+            "--split",
+            "test",
+            "--top-k",
+            "2",
+            "--max-length",
+            "32",
+        ]
+    )
     assert code == 0
     metrics = json.loads(capsys.readouterr().out)
 

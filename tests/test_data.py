@@ -1,4 +1,4 @@
-"""Data readers: every format loads real SciFact rows; every bad-data rule names file, row, column."""
+"""Data readers: all formats load real SciFact rows; bad data is named by file, row and column."""
 
 from __future__ import annotations
 
@@ -64,28 +64,36 @@ def _write(df: pd.DataFrame, tmp_path):
 
 def test_missing_column_is_named(real_pairs, tmp_path):
     path = _write(real_pairs.drop(columns=["label"]), tmp_path)
-    with pytest.raises(DataValidationError, match=r"bad\.csv: missing required column\(s\) \['label'\]"):
+    with pytest.raises(
+        DataValidationError, match=r"bad\.csv: missing required column\(s\) \['label'\]"
+    ):
         load_pairs(path)
 
 
 def test_empty_text_names_row_and_column(real_pairs, tmp_path):
     bad = real_pairs.copy()
     bad.loc[3, "passage"] = "   "
-    with pytest.raises(DataValidationError, match=r"bad\.csv, row 4, column 'passage': expected non-empty"):
+    with pytest.raises(
+        DataValidationError, match=r"bad\.csv, row 4, column 'passage': expected non-empty"
+    ):
         load_pairs(_write(bad, tmp_path))
 
 
 def test_non_numeric_label_names_row(real_pairs, tmp_path):
     bad = real_pairs.astype({"label": object})
     bad.loc[5, "label"] = "relevant"
-    with pytest.raises(DataValidationError, match=r"row 6, column 'label': expected a number, got 'relevant'"):
+    with pytest.raises(
+        DataValidationError, match=r"row 6, column 'label': expected a number, got 'relevant'"
+    ):
         load_pairs(_write(bad, tmp_path))
 
 
 def test_label_out_of_range_names_row(real_pairs, tmp_path):
     bad = real_pairs.copy()
     bad.loc[0, "label"] = 3
-    with pytest.raises(DataValidationError, match=r"row 1, column 'label': expected a value in \[0.0, 1.0\], got 3"):
+    with pytest.raises(
+        DataValidationError, match=r"row 1, column 'label': expected a value in \[0.0, 1.0\], got 3"
+    ):
         load_pairs(_write(bad, tmp_path))
     assert len(load_pairs(_write(bad, tmp_path), label_range=None)) == len(bad)
 
@@ -94,7 +102,9 @@ def test_query_without_positive_is_refused_when_required(real_pairs, tmp_path):
     bad = real_pairs.copy()
     bad.loc[0, "label"] = 0  # the first claim's only positive
     path = _write(bad, tmp_path)
-    with pytest.raises(DataValidationError, match=r"row 1, column 'query': query .* has no positive"):
+    with pytest.raises(
+        DataValidationError, match=r"row 1, column 'query': query .* has no positive"
+    ):
         load_pairs(path, require_positive=True)
     assert len(load_pairs(path)) == len(bad)
 
@@ -112,8 +122,11 @@ def test_tuples_load_and_expand_to_pairs(real_pairs):
     positives = real_pairs[real_pairs.label == 1].reset_index(drop=True)
     negatives = real_pairs[real_pairs.label == 0].reset_index(drop=True)
     table = pd.DataFrame(
-        {"query": positives["query"], "positive": positives["passage"],
-         "negative": negatives["passage"]}
+        {
+            "query": positives["query"],
+            "positive": positives["passage"],
+            "negative": negatives["passage"],
+        }
     )
     tuples = load_tuples(table)
     assert tuples.column_names == ["query", "positive", "negative_1"]

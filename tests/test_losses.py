@@ -42,7 +42,7 @@ def test_bce_matches_sentence_transformers(tmp_path, pairs_and_labels):
     reference = STCrossEncoder(str(tmp_path), device="cpu")
     pairs, labels = pairs_and_labels
 
-    st_value = STLoss(reference, pos_weight=torch.tensor(2.0))([*zip(*pairs)], labels)
+    st_value = STLoss(reference, pos_weight=torch.tensor(2.0))([*zip(*pairs, strict=True)], labels)
     value = BinaryCrossEntropyLoss(ours, pos_weight=2.0)(ours.tokenize(pairs), labels)
     assert value.item() == pytest.approx(st_value.item(), rel=1e-5)
 
@@ -58,7 +58,9 @@ def test_bce_gradient_reaches_the_encoder(tiny_model, batch):
 
 def test_bce_rejects_multi_label_model():
     model = CrossEncoder("minilm-l6-tiny", num_labels=3)
-    with pytest.raises(ValueError, match=r"expects a model with `num_labels=1`, but got 3\. Use `CrossEntropyLoss`"):
+    with pytest.raises(
+        ValueError, match=r"expects a model with `num_labels=1`, but got 3\. Use `CrossEntropyLoss`"
+    ):
         BinaryCrossEntropyLoss(model)
 
 

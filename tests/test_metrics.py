@@ -61,8 +61,9 @@ def _cut10(run: dict[str, float]) -> dict[str, float]:
 def _assert_equal_to_trec_eval(runs, qrels, relevance_level=1):
     reference = _trec_eval(qrels, runs, relevance_level)
     for query_id, (ndcg, mrr, ap) in reference.items():
-        ours = rank_metrics(list(runs[query_id].items()), qrels[query_id],
-                            relevance_level=relevance_level)
+        ours = rank_metrics(
+            list(runs[query_id].items()), qrels[query_id], relevance_level=relevance_level
+        )
         assert ours["ndcg@10"] == pytest.approx(ndcg, abs=1e-6), query_id
         assert ours["mrr@10"] == pytest.approx(mrr, abs=1e-6), query_id
         assert ours["map"] == pytest.approx(ap, abs=1e-6), query_id

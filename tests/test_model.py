@@ -10,7 +10,8 @@ from workbench import CrossEncoder
 
 BERLIN = "How many people live in Berlin?"
 PASSAGES = [
-    "Berlin has a population of 3,520,031 registered inhabitants in an area of 891.82 square kilometers.",
+    "Berlin has a population of 3,520,031 registered inhabitants in an area of 891.82 square "
+    "kilometers.",
     "New York City is famous for the Metropolitan Museum of Art.",
     "Berlin is the capital of Germany.",
 ]
@@ -89,7 +90,9 @@ def test_saved_model_loads_unchanged_in_sentence_transformers_and_transformers(r
 
     hf_model = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
-    features = tokenizer(*zip(*pairs), padding=True, truncation=True, return_tensors="pt")
+    features = tokenizer(
+        *zip(*pairs, strict=True), padding=True, truncation=True, return_tensors="pt"
+    )
     with torch.inference_mode():
         logits = hf_model(**features).logits[:, 0]
     np.testing.assert_allclose(torch.sigmoid(logits).numpy(), ours, atol=1e-5)

@@ -28,8 +28,7 @@ def pairs(job_data):
 @pytest.fixture()
 def dev(job_data):
     runs = {q: job_data.runs[q] for q in job_data.dev}
-    samples = build_samples(job_data.dev, job_data.train_qrels, job_data.beir.corpus, runs,
-                            top_k=5)
+    samples = build_samples(job_data.dev, job_data.train_qrels, job_data.beir.corpus, runs, top_k=5)
     return RerankingEvaluator(samples, name="dev")
 
 
@@ -65,7 +64,10 @@ def test_training_changes_weights_logs_and_loads_best_checkpoint(pairs, dev, tmp
     model = CrossEncoder("minilm-l6-tiny", max_length=96)
     before = {k: v.clone() for k, v in model.model.state_dict().items()}
     trainer = CrossEncoderTrainer(
-        model, _args(tmp_path), train_dataset=pairs, evaluator=dev,
+        model,
+        _args(tmp_path),
+        train_dataset=pairs,
+        evaluator=dev,
         loss=BinaryCrossEntropyLoss(model, pos_weight=3.0),
         metrics_path=tmp_path / "metrics.jsonl",
     )
@@ -94,8 +96,9 @@ def test_training_changes_weights_logs_and_loads_best_checkpoint(pairs, dev, tmp
 
 def test_checkpoint_reloads_as_cross_encoder(pairs, tmp_path):
     model = CrossEncoder("minilm-l6-tiny", max_length=80, activation="identity")
-    args = _args(tmp_path, max_steps=2, eval_strategy="no", load_best_model_at_end=False,
-                 eval_on_start=False)
+    args = _args(
+        tmp_path, max_steps=2, eval_strategy="no", load_best_model_at_end=False, eval_on_start=False
+    )
     CrossEncoderTrainer(model, args, train_dataset=pairs).train()
     reloaded = CrossEncoder(tmp_path / "checkpoints" / "checkpoint-2")
     assert (reloaded.max_length, reloaded.activation) == (80, "identity")
@@ -104,12 +107,15 @@ def test_checkpoint_reloads_as_cross_encoder(pairs, tmp_path):
 
 
 def test_resume_from_checkpoint_continues_step_count(pairs, tmp_path):
-    args = _args(tmp_path, max_steps=4, eval_strategy="no", load_best_model_at_end=False,
-                 eval_on_start=False)
+    args = _args(
+        tmp_path, max_steps=4, eval_strategy="no", load_best_model_at_end=False, eval_on_start=False
+    )
     CrossEncoderTrainer(CrossEncoder("minilm-l6-tiny"), args, train_dataset=pairs).train()
 
     resumed = CrossEncoderTrainer(
-        CrossEncoder("minilm-l6-tiny"), args, train_dataset=pairs,
+        CrossEncoder("minilm-l6-tiny"),
+        args,
+        train_dataset=pairs,
         metrics_path=tmp_path / "resumed.jsonl",
     )
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoints" / "checkpoint-2"))

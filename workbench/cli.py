@@ -1,4 +1,4 @@
-"""The `workbench` command: `workbench train` runs the main job, `workbench evaluate` scores a model.
+"""The `workbench` command: `train` runs the main job, `evaluate` scores a model.
 
 Run `workbench --help` (or `python -m workbench --help`).
 """

@@ -39,8 +39,6 @@ _MSMARCO_L12_CONFIG = {
     "label2id": {"LABEL_0": 0},
 }
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
-
 
 @dataclass(frozen=True)
 class EmbeddedModel:

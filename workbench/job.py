@@ -159,7 +159,13 @@ def prepare_data(config: JobConfig) -> JobData:
         *(len(split[s]) for s in ("train", "dev", "test")),
     )
     return JobData(
-        train_set, split["train"], split["dev"], split["test"], train_set.qrels, test_set.qrels, runs
+        train_set,
+        split["train"],
+        split["dev"],
+        split["test"],
+        train_set.qrels,
+        test_set.qrels,
+        runs,
     )
 
 
