@@ -111,3 +111,13 @@ def test_saved_identity_activation_round_trips(tmp_path):
     st_scores = STCrossEncoder(str(tmp_path), device="cpu").predict(pairs)
     np.testing.assert_allclose(st_scores, model.predict(pairs), atol=1e-5)
     assert CrossEncoder(tmp_path).activation == "identity"
+
+
+def test_reranker_head_can_be_replaced_with_more_labels():
+    model = CrossEncoder("ms-marco-minilm-l12", num_labels=3, max_length=32)
+    assert model.num_labels == 3
+    assert model.predict([(BERLIN, PASSAGES[0])]).shape == (1, 3)
+
+
+def test_plain_encoder_with_two_labels_keeps_two():
+    assert CrossEncoder("minilm-l6-tiny", num_labels=2).num_labels == 2

@@ -66,15 +66,20 @@ class CrossEncoder:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         for key, value in overrides.items():
             setattr(config, key, value)
-        if num_labels is not None and num_labels != config.num_labels:
-            config.num_labels = num_labels
-            config.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+        has_head = _has_classification_head(config)
+        wanted = num_labels or (config.num_labels if has_head else 1)
+        new_head = not has_head or wanted != config.num_labels
+        if new_head:
+            config.num_labels = wanted
+            config.id2label = {i: f"LABEL_{i}" for i in range(wanted)}
             config.label2id = {v: k for k, v in config.id2label.items()}
-        elif not _has_classification_head(config):
-            config.num_labels = 1
-            config.id2label, config.label2id = {0: "LABEL_0"}, {"LABEL_0": 0}
+            logger.info("New %d-label classification head on %s", wanted, self.name_or_path)
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, config=config, trust_remote_code=trust_remote_code
+            path,
+            config=config,
+            trust_remote_code=trust_remote_code,
+            # A head of another size is replaced by a fresh one.
+            ignore_mismatched_sizes=new_head,
         )
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
@@ -209,10 +214,7 @@ class CrossEncoder:
 
     def write_settings(self) -> None:
         """Store activation and max_length where saved checkpoints carry them."""
-        self.model.config.sentence_transformers = {
-            "activation_fn": _ACTIVATIONS[self.activation],
-            "version": "5.0.0",
-        }
+        self.model.config.sentence_transformers = {"activation_fn": _ACTIVATIONS[self.activation]}
         self.tokenizer.model_max_length = self.max_length
 
     def to(self, device: str | torch.device) -> CrossEncoder:
