@@ -19,14 +19,16 @@ def pairs_and_labels(scifact_train):
 
 
 @pytest.fixture(scope="module")
-def batch(pairs_and_labels, tiny_model):
+def batch(pairs_and_labels):
     pairs, labels = pairs_and_labels
-    return tiny_model.tokenize(pairs), labels
+    queries, passages = zip(*pairs, strict=True)
+    return {"query": list(queries), "passage": list(passages)}, labels
 
 
 def test_bce_matches_the_formula_with_pos_weight(tiny_model, batch):
-    features, labels = batch
-    loss = BinaryCrossEntropyLoss(tiny_model, pos_weight=3.0)(features, labels)
+    texts, labels = batch
+    loss = BinaryCrossEntropyLoss(tiny_model, pos_weight=3.0)(texts, labels)
+    features = tiny_model.tokenize(list(zip(texts["query"], texts["passage"], strict=True)))
     logits = tiny_model.model(**features).logits.view(-1)
     p = torch.sigmoid(logits)
     expected = -(3.0 * labels * torch.log(p) + (1 - labels) * torch.log(1 - p)).mean()
@@ -43,14 +45,15 @@ def test_bce_matches_sentence_transformers(tmp_path, pairs_and_labels):
     pairs, labels = pairs_and_labels
 
     st_value = STLoss(reference, pos_weight=torch.tensor(2.0))([*zip(*pairs, strict=True)], labels)
-    value = BinaryCrossEntropyLoss(ours, pos_weight=2.0)(ours.tokenize(pairs), labels)
+    texts = {"query": [q for q, _ in pairs], "passage": [p for _, p in pairs]}
+    value = BinaryCrossEntropyLoss(ours, pos_weight=2.0)(texts, labels)
     assert value.item() == pytest.approx(st_value.item(), rel=1e-5)
 
 
 def test_bce_gradient_reaches_the_encoder(tiny_model, batch):
-    features, labels = batch
+    texts, labels = batch
     tiny_model.model.zero_grad()
-    BinaryCrossEntropyLoss(tiny_model)(features, labels).backward()
+    BinaryCrossEntropyLoss(tiny_model)(texts, labels).backward()
     grad = tiny_model.model.base_model.embeddings.word_embeddings.weight.grad
     assert grad is not None and grad.abs().sum() > 0
     tiny_model.model.zero_grad()

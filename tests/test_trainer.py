@@ -126,8 +126,25 @@ def test_resume_from_checkpoint_continues_step_count(pairs, tmp_path):
     assert resumed.state.global_step == 4
 
 
-def test_collator_refuses_rows_without_pair_columns(tiny_model):
-    from workbench.trainer import PairCollator
+def test_loss_rejects_a_dataset_of_another_format_before_training(tiny_model, tmp_path):
+    import datasets
 
-    with pytest.raises(ValueError, match="need columns 'query', 'passage', 'label'"):
-        PairCollator(tiny_model)([{"anchor": "a", "positive": "b"}])
+    tuples = datasets.Dataset.from_dict({"query": ["q"], "positive": ["p"], "negative_1": ["n"]})
+    args = _args(tmp_path, eval_strategy="no", load_best_model_at_end=False, eval_on_start=False)
+    with pytest.raises(
+        ValueError, match=r"`BinaryCrossEntropyLoss` expects pairs \(columns query, passage"
+    ):
+        CrossEncoderTrainer(tiny_model, args, train_dataset=tuples)
+
+
+def test_collator_pads_list_labels():
+    from workbench.trainer import TextCollator
+
+    batch = TextCollator()(
+        [
+            {"query": "a", "documents": ["x", "y"], "labels": [1, 0]},
+            {"query": "b", "documents": ["z"], "labels": [1]},
+        ]
+    )
+    assert batch["texts"]["documents"] == [["x", "y"], ["z"]]
+    assert batch["labels"].tolist() == [[1.0, 0.0], [1.0, -1.0]]

@@ -19,34 +19,24 @@ from workbench.losses import BinaryCrossEntropyLoss
 logger = logging.getLogger(__name__)
 
 
-class PairCollator:
-    """Tokenize a batch of `{query, passage, label}` rows with dynamic padding.
+class TextCollator:
+    """Gather a batch of rows into text columns and a labels tensor.
 
-    Args:
-        model: The `CrossEncoder` whose tokenizer and `max_length` are used.
+    Tokenization happens in the loss, which knows how its columns pair up. A `label` column
+    (pairs) becomes a float tensor of shape (batch,); a `labels` column of lists (listwise data)
+    becomes (batch, longest list), padded with -1. Rows without labels give `labels = None`.
     """
 
-    def __init__(self, model) -> None:
-        self.model = model
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        for column in ("query", "passage", "label"):
-            if column not in rows[0]:
-                raise ValueError(
-                    f"Training rows need columns 'query', 'passage', 'label'; got "
-                    f"{sorted(rows[0])!r}. Load pairs with `workbench.data.load_pairs`."
-                )
-        features = self.model.tokenizer(
-            [row["query"] for row in rows],
-            [row["passage"] for row in rows],
-            padding=True,
-            truncation="longest_first",
-            max_length=self.model.max_length,
-            return_tensors="pt",
-        )
-        features = dict(features)
-        features["labels"] = torch.tensor([float(row["label"]) for row in rows])
-        return features
+    def __call__(self, rows: list[dict]) -> dict:
+        columns = [c for c in rows[0] if c not in ("label", "labels")]
+        batch = {"texts": {c: [row[c] for row in rows] for c in columns}}
+        if "label" in rows[0]:
+            batch["labels"] = torch.tensor([float(row["label"]) for row in rows])
+        elif "labels" in rows[0]:
+            longest = max(len(row["labels"]) for row in rows)
+            padded = [list(row["labels"]) + [-1.0] * (longest - len(row["labels"])) for row in rows]
+            batch["labels"] = torch.tensor(padded, dtype=torch.float32)
+        return batch
 
 
 class MetricsFileCallback(TrainerCallback):
@@ -100,9 +90,11 @@ class CrossEncoderTrainer(Trainer):
         model: The `CrossEncoder` to train (its `.model` is what the Trainer optimizes).
         args: Standard `TrainingArguments`; `remove_unused_columns` is forced off because the
             collator needs the text columns.
-        train_dataset: Rows with `query`, `passage`, `label`.
+        train_dataset: Rows in the loss's format (pairs: `query`, `passage`, `label`).
         eval_dataset: Optional rows of the same shape, for an `eval_loss`.
-        loss: A loss module taking `(features, labels)`; defaults to `BinaryCrossEntropyLoss`.
+        loss: A module whose `forward(inputs, labels)` takes the batch's text columns and labels
+            and returns a scalar or a dict of named scalars; defaults to
+            `BinaryCrossEntropyLoss`. Its `check_columns`, when present, vets the dataset first.
         evaluator: Called with the model at each evaluation; its metrics are logged as
             `eval_<name>_<metric>` and can drive `metric_for_best_model`.
         metrics_path: Where to append the JSON-lines log (e.g. `run/metrics.jsonl`).
@@ -129,6 +121,9 @@ class CrossEncoderTrainer(Trainer):
             args.remove_unused_columns = False
         self.cross_encoder = model
         self.loss = loss if loss is not None else BinaryCrossEntropyLoss(model)
+        for dataset in (train_dataset, eval_dataset):
+            if dataset is not None and hasattr(self.loss, "check_columns"):
+                self.loss.check_columns(dataset.column_names)
         self.evaluator = evaluator
         # Checkpoints then carry activation and max_length, like the final model.
         model.write_settings()
@@ -142,7 +137,7 @@ class CrossEncoderTrainer(Trainer):
         super().__init__(
             model=model.model,
             args=args,
-            data_collator=PairCollator(model),
+            data_collator=TextCollator(),
             train_dataset=train_dataset,
             eval_dataset={} if placeholder else eval_dataset,
             processing_class=model.tokenizer,
@@ -151,14 +146,32 @@ class CrossEncoderTrainer(Trainer):
         if placeholder:
             self.eval_dataset = None
         self.cross_encoder.device = self.args.device
+        # The loss scales itself per batch; Trainer must not count label tokens for it.
+        self.model_accepts_loss_kwargs = False
+        self._loss_parts: dict[str, list[float]] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Run the loss module on one batch."""
-        labels = inputs.pop("labels")
-        loss = self.loss(inputs, labels)
-        if return_outputs:
-            return loss, {"logits": torch.zeros_like(labels)}
-        return loss
+        """Run the loss module on one batch; dict-valued losses are summed, parts logged."""
+        loss = self.loss(inputs["texts"], inputs.get("labels"))
+        if isinstance(loss, dict):
+            for name, part in loss.items():
+                self._loss_parts.setdefault(name, []).append(part.detach().item())
+            loss = torch.stack(list(loss.values())).sum()
+        return (loss, {}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Eval loss only: the loss module decides what a batch means, labels or not."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean of each named loss part since the last log to training logs."""
+        if "loss" in logs and self._loss_parts:
+            logs |= {f"loss_{k}": round(sum(v) / len(v), 6) for k, v in self._loss_parts.items()}
+            self._loss_parts = {}
+        super().log(logs, start_time)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """Eval loss (when an eval dataset is set) plus the evaluator's metrics."""
