@@ -70,6 +70,8 @@ def test_missing_data_folder_is_a_clean_error(tmp_path, capsys):
     code = main(["train", "--output-dir", str(tmp_path / "r"), "--data", str(tmp_path / "nope")])
     assert code == 2
     assert "error:" in capsys.readouterr().err
+    status = json.loads((tmp_path / "r" / "status.json").read_text())
+    assert status["state"] == "failed" and "FileNotFoundError" in status["error"]
 
 
 def test_evaluate_scores_a_model_on_a_beir_folder(tmp_path, capsys):

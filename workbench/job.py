@@ -6,6 +6,7 @@ Run it with `workbench train` (defaults: the bundled SciFact sample).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -99,38 +100,65 @@ class JobData:
 def run_job(config: JobConfig, output_dir: str | Path) -> dict[str, dict[str, float]]:
     """Run the whole job and write the run folder.
 
+    `status.json` says `running`, then `finished` or `failed` (with the error); whatever was
+    logged and checkpointed before a failure stays on disk.
+
     Returns:
         System (`bm25`, `baseline`, `finetuned`) -> metrics (`ndcg@10`, `mrr@10`, `map`).
     """
-    start = time.time()
     run = RunFolder(output_dir)
+    run.write_json("status.json", {"state": "running", "started": time.time()})
+    try:
+        results = _run_stages(config, run)
+    except BaseException as err:
+        run.write_json("status.json", {"state": "failed", "error": f"{type(err).__name__}: {err}"})
+        raise
+    run.write_json("status.json", {"state": "finished", "finished": time.time()})
+    return results
+
+
+def _run_stages(config: JobConfig, run: RunFolder) -> dict[str, dict[str, float]]:
+    timings: dict[str, float] = {}
     precision = resolve_precision(config.precision, _device())
     run.write_json("config.json", dataclasses.asdict(config) | {"resolved_precision": precision})
     _seed(config.seed)
 
-    data = prepare_data(config)
-    dev = _evaluator(data, data.dev, data.train_qrels, config.dev_top_k, "dev", config)
-    test = _evaluator(data, data.test, data.test_qrels, config.rerank_top_k, "test", config)
-    baseline = _baseline_metrics(config, test)
+    with _stage(timings, "retrieval"):
+        data = prepare_data(config)
+        dev = _evaluator(data, data.dev, data.train_qrels, config.dev_top_k, "dev")
+        test = _evaluator(data, data.test, data.test_qrels, config.rerank_top_k, "test")
+    with _stage(timings, "baseline"):
+        baseline = _baseline_metrics(config, test)
 
-    model = CrossEncoder(config.base_model, max_length=config.max_length)
-    freeze_bottom_layers(model, config.freeze_layers)
-    pairs = training_pairs(data, config.negatives)
-    trainer = _trainer(config, model, pairs, dev, run, precision)
-    trainer.train()
-    model.save_pretrained(run.final_model)
+    with _stage(timings, "training"):
+        model = CrossEncoder(config.base_model, max_length=config.max_length)
+        freeze_bottom_layers(model, config.freeze_layers)
+        pairs = training_pairs(data, config.negatives)
+        trainer = _trainer(config, model, pairs, dev, run, precision)
+        trainer.train()
+        model.save_pretrained(run.final_model)
 
-    results = {
-        "bm25": _pick(test.compute(_zeros(test)), "test_base_"),
-        "baseline": baseline,
-        "finetuned": _pick(test(model), "test_"),
-    }
+    with _stage(timings, "final evaluation"):
+        results = {
+            "bm25": _pick(test.compute(_zeros(test)), "test_base_"),
+            "baseline": baseline,
+            "finetuned": _pick(test(model), "test_"),
+        }
     test.per_query.to_csv(run.root / "per_query_test.csv", index=False)
     run.write_json("results.json", results)
-    elapsed = time.time() - start
-    run.write_text("report.md", render_report(config, data, results, pairs, trainer, elapsed))
-    logger.info("Job finished in %.0f s; run folder %s", elapsed, run.root)
+    report = render_report(config, data, results, pairs, trainer, timings)
+    run.write_text("report.md", report)
+    logger.info("Job finished in %.0f s; run folder %s", sum(timings.values()), run.root)
     return results
+
+
+@contextlib.contextmanager
+def _stage(timings: dict[str, float], name: str):
+    logger.info("Stage %d: %s", len(timings) + 1, name)
+    start = time.time()
+    yield
+    timings[name] = round(time.time() - start, 1)
+    logger.info("Stage %s took %.0f s", name, timings[name])
 
 
 def prepare_data(config: JobConfig) -> JobData:
@@ -198,7 +226,7 @@ def freeze_bottom_layers(model: CrossEncoder, count: int) -> None:
     logger.info("Froze embeddings and %d of %d layers", min(count, len(layers)), len(layers))
 
 
-def render_report(config, data, results, pairs, trainer, elapsed: float) -> str:
+def render_report(config, data, results, pairs, trainer, timings: dict[str, float]) -> str:
     """A short Markdown report: what ran, the table, and a plain verdict."""
     lines = [
         "# Reranker Workbench run",
@@ -207,10 +235,14 @@ def render_report(config, data, results, pairs, trainer, elapsed: float) -> str:
         f"{config.negatives} BM25 negatives per query), {len(data.dev)} dev queries held out "
         f"from train, {len(data.test)} test queries; rerank depth {config.rerank_top_k}.",
         f"Model: `{config.base_model}` fine-tuned with BCE, {config.epochs} epoch(s), "
-        f"lr {config.learning_rate}, batch {config.batch_size}, max_length {config.max_length}; "
+        f"lr {config.learning_rate}, batch {config.batch_size}, max_length {config.max_length}, "
+        f"bottom {config.freeze_layers} layers frozen; "
         f"baseline `{config.baseline_model}` zero-shot.",
         f"Training steps: {trainer.state.global_step}; best checkpoint: "
-        f"{trainer.state.best_model_checkpoint or 'final step'}. Wall time {elapsed:.0f} s.",
+        f"{trainer.state.best_model_checkpoint or 'final step'}.",
+        f"Wall time {sum(timings.values()):.0f} s ("
+        + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
+        + ").",
         "",
         format_table(results),
         "",
@@ -275,7 +307,7 @@ def _trainer(config, model, pairs, dev, run, precision) -> CrossEncoderTrainer:
     )
 
 
-def _evaluator(data, queries, qrels, top_k, name, config) -> RerankingEvaluator:
+def _evaluator(data, queries, qrels, top_k, name) -> RerankingEvaluator:
     runs = {q: data.runs[q] for q in queries}
     samples = build_samples(queries, qrels, data.beir.corpus, runs, top_k=top_k)
     return RerankingEvaluator(samples, name=name, batch_size=32)
