@@ -1,0 +1,69 @@
+"""The main job's parts: freezing, baseline score cache, verdict."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from transformers import set_seed
+
+from workbench import CrossEncoder
+from workbench.job import (
+    JobConfig,
+    _baseline_metrics,
+    _evaluator,
+    freeze_bottom_layers,
+    prepare_data,
+    verdict,
+)
+
+
+def test_freeze_bottom_layers_freezes_embeddings_and_first_layers():
+    model = CrossEncoder("minilm-l6")
+    freeze_bottom_layers(model, 4)
+    trainable = {n for n, p in model.model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith("bert.embeddings") for n in trainable)
+    assert not any(f"encoder.layer.{i}." in n for n in trainable for i in range(4))
+    assert any("encoder.layer.4." in n for n in trainable)
+    assert {"classifier.weight", "classifier.bias"} <= trainable
+
+
+def test_baseline_scores_are_cached_by_model_and_data(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    config = JobConfig(
+        baseline_model="minilm-l6-tiny",
+        max_length=48,
+        dev_queries=0,
+        max_train_queries=0,
+        max_test_queries=3,
+    )
+    data = prepare_data(config)
+    test = _evaluator(data, data.test, data.test_qrels, 5, "test")
+    # The tiny model's head is random: the same seed gives the same weights, hence the same key.
+    with caplog.at_level(logging.INFO, logger="workbench.job"):
+        set_seed(0)
+        first = _baseline_metrics(config, test)
+        assert "from cache" not in caplog.text
+        set_seed(0)
+        second = _baseline_metrics(config, test)
+        assert "Baseline scores from cache" in caplog.text
+    assert first == second
+    assert len(list((tmp_path / "scores").glob("*.npz"))) == 1
+
+
+def test_verdict_says_plainly_when_fine_tuning_lost():
+    results = {
+        "bm25": {"ndcg@10": 0.66},
+        "baseline": {"ndcg@10": 0.68},
+        "finetuned": {"ndcg@10": 0.67},
+    }
+    text = verdict(results)
+    assert "beat bm25 (0.6700 vs 0.6600, +0.0100)" in text
+    assert "did NOT beat baseline (0.6700 vs 0.6800, -0.0100)" in text
+
+
+@pytest.mark.parametrize("count", [0, -1])
+def test_freeze_zero_layers_is_a_no_op(count):
+    model = CrossEncoder("minilm-l6-tiny")
+    freeze_bottom_layers(model, count)
+    assert all(p.requires_grad for p in model.model.parameters())
