@@ -53,6 +53,10 @@ class MetricsFileCallback(TrainerCallback):
         self.start = time.time()
         self.last_step = (0, self.start)
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed run starts counting throughput from its checkpoint's step.
+        self.last_step = (state.global_step, time.time())
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
