@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import datasets
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -148,3 +150,48 @@ def test_collator_pads_list_labels():
     )
     assert batch["texts"]["documents"] == [["x", "y"], ["z"]]
     assert batch["labels"].tolist() == [[1.0, 0.0], [1.0, -1.0]]
+
+
+def _list_rows(job_data, size=4):
+    """Each query's first positive and its BM25 top documents; lists alternate 4 and 3 long."""
+    rows = {"query": [], "documents": [], "labels": []}
+    for i, (query_id, query) in enumerate(list(job_data.train.items())[:8]):
+        judged = job_data.train_qrels[query_id]
+        docs = [d for d, _ in job_data.runs[query_id][:size]]
+        docs = list(dict.fromkeys(list(judged)[:1] + docs))[: size - i % 2]
+        rows["query"].append(query)
+        rows["documents"].append([job_data.beir.corpus[d] for d in docs])
+        rows["labels"].append([float(judged.get(d, 0)) for d in docs])
+    return datasets.Dataset.from_dict(rows)
+
+
+@pytest.mark.parametrize("loss_name", ["LambdaLoss", "ListNetLoss", "MultipleNegativesRankingLoss"])
+def test_listwise_and_in_batch_losses_train_in_the_trainer(job_data, loss_name, tmp_path):
+    import workbench
+
+    model = CrossEncoder("minilm-l6-tiny", max_length=64)
+    if loss_name == "MultipleNegativesRankingLoss":
+        pairs = training_pairs(job_data, negatives=2)
+        rows = datasets.Dataset.from_dict(
+            {
+                "query": [q for q, y in zip(pairs["query"], pairs["label"], strict=True) if y],
+                "positive": [p for p, y in zip(pairs["passage"], pairs["label"], strict=True) if y],
+            }
+        )
+    else:
+        rows = _list_rows(job_data)
+    before = model.model.classifier.weight.clone()
+    args = _args(
+        tmp_path,
+        max_steps=2,
+        per_device_train_batch_size=4,
+        eval_strategy="no",
+        load_best_model_at_end=False,
+        eval_on_start=False,
+    )
+    loss = getattr(workbench, loss_name)(model)
+    trainer = CrossEncoderTrainer(model, args, train_dataset=rows, loss=loss)
+    trainer.train()
+    assert not torch.equal(before, model.model.classifier.weight)
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 2 and all(np.isfinite(losses))

@@ -2,7 +2,20 @@
 
 from workbench.data import DataValidationError, load_beir, load_pairs, load_tuples
 from workbench.evaluation import RerankingEvaluator
-from workbench.losses import BinaryCrossEntropyLoss
+from workbench.losses import (
+    BinaryCrossEntropyLoss,
+    CachedMultipleNegativesRankingLoss,
+    CrossEntropyLoss,
+    LambdaLoss,
+    ListMLELoss,
+    ListNetLoss,
+    MarginMSELoss,
+    MSELoss,
+    MultipleNegativesRankingLoss,
+    PListMLELoss,
+    RankNetLoss,
+    RerankingLoss,
+)
 from workbench.model import CrossEncoder
 from workbench.retrieval import BM25Retriever
 from workbench.trainer import CrossEncoderTrainer
@@ -12,10 +25,21 @@ __version__ = "0.1.0"
 __all__ = [
     "BM25Retriever",
     "BinaryCrossEntropyLoss",
+    "CachedMultipleNegativesRankingLoss",
     "CrossEncoder",
     "CrossEncoderTrainer",
+    "CrossEntropyLoss",
     "DataValidationError",
+    "LambdaLoss",
+    "ListMLELoss",
+    "ListNetLoss",
+    "MSELoss",
+    "MarginMSELoss",
+    "MultipleNegativesRankingLoss",
+    "PListMLELoss",
+    "RankNetLoss",
     "RerankingEvaluator",
+    "RerankingLoss",
     "load_beir",
     "load_pairs",
     "load_tuples",

@@ -140,6 +140,12 @@ def detect_format(columns: list[str]) -> str | None:
     return None
 
 
+def negative_columns(columns) -> list[str]:
+    """The `negative_<i>` columns among `columns`, by number (`negative_2` before `negative_10`)."""
+    found = [c for c in columns if NEGATIVE_COLUMN.match(c)]
+    return sorted(found, key=lambda c: int(c.rsplit("_", 1)[1]))
+
+
 def suggest_losses(columns: list[str]) -> dict[str, str]:
     """Name the losses that can train on a dataset with these columns.
 
@@ -158,7 +164,7 @@ def suggest_losses(columns: list[str]) -> dict[str, str]:
     """
     data_format = detect_format(columns)
     suggestions = dict(_SUGGESTIONS.get(data_format, {}))
-    has_negatives = any(NEGATIVE_COLUMN.match(c) for c in columns)
+    has_negatives = bool(negative_columns(columns))
     has_labels = bool({"label", "labels"} & set(columns))
     if data_format == "tuples" and not (has_negatives and has_labels):
         del suggestions["MarginMSELoss"]
