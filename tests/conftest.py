@@ -50,3 +50,11 @@ def reranker():
     from workbench import CrossEncoder
 
     return CrossEncoder("ms-marco-minilm-l12", max_length=128)
+
+
+@pytest.fixture(scope="session")
+def scifact_job():
+    """40 SciFact train queries with BM25 runs, shared by the sampling and distillation tests."""
+    from workbench.job import JobConfig, prepare_data
+
+    return prepare_data(JobConfig(dev_queries=0, max_train_queries=40, max_test_queries=1))

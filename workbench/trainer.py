@@ -1,7 +1,8 @@
 """Fine-tune a `CrossEncoder` with `transformers.Trainer`.
 
 The loop, optimizer, schedule, mixed precision, checkpointing and resume are the Trainer's; this
-module adds per-batch pair tokenization, the loss hook, evaluator metrics, and a metrics file.
+module adds per-batch pair tokenization, the loss hook, evaluator metrics, a metrics file, and
+batch samplers for in-batch losses and for several datasets with a loss each.
 """
 
 from __future__ import annotations
@@ -9,14 +10,27 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, Sampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import seed_worker
 
 from workbench.losses import BinaryCrossEntropyLoss
+from workbench.sampling import (
+    DATASET_KEY,
+    STRATEGIES,
+    MultiDatasetBatchSampler,
+    NamedConcatDataset,
+    NoDuplicatesBatchSampler,
+)
 
 logger = logging.getLogger(__name__)
+
+BATCH_SAMPLERS = ("default", "no_duplicates")
 
 
 class TextCollator:
@@ -25,11 +39,17 @@ class TextCollator:
     Tokenization happens in the loss, which knows how its columns pair up. A `label` column
     (pairs) becomes a float tensor of shape (batch,); a `labels` column of lists (listwise data)
     becomes (batch, longest list), padded with -1. Rows without labels give `labels = None`.
+    A `dataset` key (rows of a `NamedConcatDataset`) becomes the batch's `dataset` name.
+
+    Raises:
+        ValueError: If the rows of one batch name different datasets.
     """
 
     def __call__(self, rows: list[dict]) -> dict:
-        columns = [c for c in rows[0] if c not in ("label", "labels")]
+        columns = [c for c in rows[0] if c not in ("label", "labels", DATASET_KEY)]
         batch = {"texts": {c: [row[c] for row in rows] for c in columns}}
+        if DATASET_KEY in rows[0]:
+            batch[DATASET_KEY] = _one_dataset(rows)
         if "label" in rows[0]:
             batch["labels"] = torch.tensor([float(row["label"]) for row in rows])
         elif "labels" in rows[0]:
@@ -37,6 +57,17 @@ class TextCollator:
             padded = [list(row["labels"]) + [-1.0] * (longest - len(row["labels"])) for row in rows]
             batch["labels"] = torch.tensor(padded, dtype=torch.float32)
         return batch
+
+
+def _one_dataset(rows: list[dict]) -> str:
+    names = sorted({row[DATASET_KEY] for row in rows})
+    if len(names) != 1:
+        raise ValueError(
+            f"`TextCollator` expects the rows of a batch to come from one dataset, but got "
+            f"{names!r} under the reserved {DATASET_KEY!r} key. Draw batches with "
+            "`MultiDatasetBatchSampler`, or rename a `dataset` column in the data."
+        )
+    return names[0]
 
 
 class MetricsFileCallback(TrainerCallback):
@@ -94,19 +125,37 @@ class CrossEncoderTrainer(Trainer):
         model: The `CrossEncoder` to train (its `.model` is what the Trainer optimizes).
         args: Standard `TrainingArguments`; `remove_unused_columns` is forced off because the
             collator needs the text columns.
-        train_dataset: Rows in the loss's format (pairs: `query`, `passage`, `label`).
-        eval_dataset: Optional rows of the same shape, for an `eval_loss`.
+        train_dataset: Rows in the loss's format (pairs: `query`, `passage`, `label`), or a dict
+            name -> rows to train on several datasets; then each batch comes from one dataset
+            (see `MultiDatasetBatchSampler`) and `trainer.train_dataset` is their
+            `NamedConcatDataset`.
+        eval_dataset: Optional rows of the same shape, for an `eval_loss`; a dict name -> rows
+            logs `eval_<name>_loss` each. With a dict of losses it must be a dict whose keys are
+            among the losses' keys.
         loss: A module whose `forward(inputs, labels)` takes the batch's text columns and labels
             and returns a scalar or a dict of named scalars; defaults to
             `BinaryCrossEntropyLoss`. Its `check_columns`, when present, vets the dataset first.
+            With a dict of datasets, one loss serves them all, or a dict with the same keys gives
+            each dataset its own (each dataset's mean loss is then logged as `loss_<name>`).
         evaluator: Called with the model at each evaluation; its metrics are logged as
             `eval_<name>_<metric>` and can drive `metric_for_best_model`.
         metrics_path: Where to append the JSON-lines log (e.g. `run/metrics.jsonl`).
         callbacks: Extra Trainer callbacks.
+        batch_sampler: `"default"` (the Trainer's shuffled batches) or `"no_duplicates"` (no
+            text twice in a batch, for in-batch losses; see `NoDuplicatesBatchSampler`).
+        multi_dataset_sampler: With a dict of datasets, `"proportional"` or `"round_robin"`.
+
+    Raises:
+        ValueError: On an unknown sampler name, a dict of losses whose keys differ from the
+            datasets', or a dataset whose columns its loss does not take.
 
     Example:
         >>> trainer = CrossEncoderTrainer(model, args, train_dataset=pairs, evaluator=dev)
         >>> trainer.train()
+        >>> losses = {"pairs": BinaryCrossEntropyLoss(model)}
+        >>> losses["tuples"] = MultipleNegativesRankingLoss(model)
+        >>> both = {"pairs": pairs, "tuples": tuples}
+        >>> CrossEncoderTrainer(model, args, train_dataset=both, loss=losses).train()
     """
 
     def __init__(
@@ -116,18 +165,28 @@ class CrossEncoderTrainer(Trainer):
         *,
         train_dataset=None,
         eval_dataset=None,
-        loss: torch.nn.Module | None = None,
+        loss: torch.nn.Module | Mapping[str, torch.nn.Module] | None = None,
         evaluator=None,
         metrics_path: str | Path | None = None,
         callbacks: list[TrainerCallback] | None = None,
+        batch_sampler: str = "default",
+        multi_dataset_sampler: str = "proportional",
     ) -> None:
         if args.remove_unused_columns:
             args.remove_unused_columns = False
         self.cross_encoder = model
+        self.batch_sampler = _check_choice("batch_sampler", batch_sampler, BATCH_SAMPLERS)
+        self.multi_dataset_sampler = _check_choice(
+            "multi_dataset_sampler", multi_dataset_sampler, STRATEGIES
+        )
+
+        # Loss and data: each dataset is vetted by its loss before any heavy work.
         self.loss = loss if loss is not None else BinaryCrossEntropyLoss(model)
-        for dataset in (train_dataset, eval_dataset):
-            if dataset is not None and hasattr(self.loss, "check_columns"):
-                self.loss.check_columns(dataset.column_names)
+        train_dataset = self._check_data(train_dataset, "train_dataset")
+        eval_dataset = self._check_data(eval_dataset, "eval_dataset")
+        if isinstance(train_dataset, Mapping):
+            train_dataset = NamedConcatDataset(train_dataset)
+        eval_dataset = self._tag_eval_sets(eval_dataset)
         self.evaluator = evaluator
         # Checkpoints then carry activation and max_length, like the final model.
         model.write_settings()
@@ -154,14 +213,105 @@ class CrossEncoderTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self._loss_parts: dict[str, list[float]] = {}
 
+    def _check_data(self, data, argument: str):
+        """Match a dataset (or dict of them) to the loss (or dict of losses) and vet columns."""
+        if data is None:
+            return None
+        named = data if isinstance(data, Mapping) else {None: data}
+        if isinstance(self.loss, Mapping):
+            _check_names(self.loss, data, argument)
+        for name, dataset in named.items():
+            loss = self.loss[name] if isinstance(self.loss, Mapping) else self.loss
+            if hasattr(loss, "check_columns"):
+                loss.check_columns(dataset.column_names)
+        return data
+
+    def _tag_eval_sets(self, data):
+        """With a dict of losses, wrap each eval set so its batches name the loss to use."""
+        if not (isinstance(data, Mapping) and isinstance(self.loss, Mapping)):
+            return data
+        return {name: NamedConcatDataset({name: dataset}) for name, dataset in data.items()}
+
+    def get_train_dataloader(self) -> DataLoader:
+        """The Trainer's loader, or one whose batches come from a batch sampler.
+
+        A batch sampler is used for `batch_sampler="no_duplicates"` and for a dict of datasets;
+        the loader is then prepared by accelerate like the Trainer's own.
+        """
+        sampler = self._train_batch_sampler()
+        if sampler is None:
+            return super().get_train_dataloader()
+        args = self.args
+        loader = DataLoader(
+            self.train_dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers,
+            multiprocessing_context=args.dataloader_multiprocessing_context,
+            prefetch_factor=args.dataloader_prefetch_factor,
+            in_order=args.dataloader_in_order,
+            worker_init_fn=partial(
+                seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index
+            ),
+        )
+        return self.accelerator.prepare(loader)
+
+    def _train_batch_sampler(self) -> Sampler | None:
+        """The batch sampler the settings ask for, or None for the Trainer's default."""
+        multi = isinstance(self.train_dataset, NamedConcatDataset)
+        if not multi and self.batch_sampler == "default":
+            return None
+        if self.args.train_sampling_strategy != "random":
+            logger.warning(
+                "train_sampling_strategy=%r is ignored: batches come from a %s batch sampler. "
+                "Leave it at 'random' to silence this.",
+                self.args.train_sampling_strategy,
+                "multi-dataset" if multi else "no-duplicates",
+            )
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        options = {
+            "batch_size": self._train_batch_size,
+            "drop_last": self.args.dataloader_drop_last,
+            "seed": seed,
+        }
+        if multi:
+            return MultiDatasetBatchSampler(
+                self.train_dataset,
+                strategy=self.multi_dataset_sampler,
+                no_duplicates=self.batch_sampler == "no_duplicates",
+                **options,
+            )
+        return NoDuplicatesBatchSampler(self.train_dataset, **options)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Run the loss module on one batch; dict-valued losses are summed, parts logged."""
-        loss = self.loss(inputs["texts"], inputs.get("labels"))
+        """Run the batch's loss module; dict-valued losses are summed, parts logged.
+
+        With several datasets, the batch's `dataset` picks the loss, and in training each
+        dataset's loss is also logged as `loss_<name>`.
+        """
+        name = inputs.get(DATASET_KEY)
+        loss = self._loss_for(name)(inputs["texts"], inputs.get("labels"))
         if isinstance(loss, dict):
-            for name, part in loss.items():
-                self._loss_parts.setdefault(name, []).append(part.detach().item())
+            if model.training:
+                for part_name, part in loss.items():
+                    self._loss_parts.setdefault(part_name, []).append(part.detach().item())
             loss = torch.stack(list(loss.values())).sum()
+        if name is not None and model.training:
+            self._loss_parts.setdefault(name, []).append(loss.detach().item())
         return (loss, {}) if return_outputs else loss
+
+    def _loss_for(self, name: str | None) -> torch.nn.Module:
+        if not isinstance(self.loss, Mapping):
+            return self.loss
+        if name not in self.loss:
+            raise ValueError(
+                f"A dict of losses picks the loss by the batch's dataset name, one of "
+                f"{sorted(self.loss)!r}, but got {name!r}. Pass datasets as a dict with the "
+                "losses' keys."
+            )
+        return self.loss[name]
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Eval loss only: the loss module decides what a batch means, labels or not."""
@@ -180,7 +330,16 @@ class CrossEncoderTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """Eval loss (when an eval dataset is set) plus the evaluator's metrics."""
         metrics = {}
-        if eval_dataset is not None or self.eval_dataset is not None:
+        eval_dataset = self._tag_eval_sets(eval_dataset)
+        sets = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(sets, Mapping):
+            # One Trainer evaluation per set here, so the evaluator below runs once, not per set.
+            for name, dataset in sets.items():
+                # A name (not the set) keeps the Trainer's per-set loader cache apart.
+                chosen = dataset if eval_dataset is not None else name
+                prefix = f"{metric_key_prefix}_{name}"
+                metrics |= super().evaluate(chosen, ignore_keys, prefix)
+        elif sets is not None:
             metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         if self.evaluator is None:
             return metrics
@@ -196,3 +355,29 @@ class CrossEncoderTrainer(Trainer):
             self.args, self.state, self.control, metrics=metrics
         )
         return metrics
+
+
+def _check_choice(argument: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(
+            f"`CrossEncoderTrainer` expects {argument} in {choices}, but got {value!r}."
+        )
+    return value
+
+
+def _check_names(losses: Mapping, data, argument: str) -> None:
+    """Raise `ValueError` unless `data` is a dict whose keys fit the dict of losses."""
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"A dict of losses expects {argument} as a dict with the same keys "
+            f"({sorted(losses)!r}), but got a {type(data).__name__}. Pass {{name: dataset}}, or "
+            "a single loss."
+        )
+    # Training needs a loss for every dataset and a dataset for every loss; eval sets may be fewer.
+    fits = set(data) <= set(losses) if argument == "eval_dataset" else set(data) == set(losses)
+    if not fits:
+        raise ValueError(
+            f"`loss` and {argument} expect matching keys, but the losses have "
+            f"{sorted(losses)!r} and {argument} has {sorted(data)!r}. Give each dataset a "
+            "loss under its name."
+        )
