@@ -140,7 +140,7 @@ def _run_stages(config: JobConfig, run: RunFolder) -> dict[str, dict[str, float]
 
     with _stage(timings, "final evaluation"):
         results = {
-            "bm25": _pick(test.compute(_zeros(test)), "test_base_"),
+            "bm25": _pick(test.compute(_first_stage_scores(test)), "test_"),
             "baseline": baseline,
             "finetuned": _pick(test(model), "test_"),
         }
@@ -275,7 +275,8 @@ def verdict(results: dict[str, dict[str, float]]) -> str:
 
 def _trainer(config, model, pairs, dev, run, precision) -> CrossEncoderTrainer:
     steps = int(np.ceil(len(pairs) / config.batch_size) * config.epochs)
-    eval_steps = config.eval_steps or max(1, steps // 3)
+    # Two evaluations inside the run; Trainer adds one at the last step.
+    eval_steps = config.eval_steps or max(1, -(-steps // 3))
     pos_weight = config.pos_weight or float(config.negatives)
     args = TrainingArguments(
         output_dir=str(run.checkpoints),
@@ -345,8 +346,9 @@ def _pick(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {m: metrics[prefix + m] for m in METRICS}
 
 
-def _zeros(evaluator: RerankingEvaluator) -> list[np.ndarray]:
-    return [np.zeros(len(s.candidates)) for s in evaluator.samples]
+def _first_stage_scores(evaluator: RerankingEvaluator) -> list[np.ndarray]:
+    """Each query's first-stage scores: 'reranking' by them keeps the first-stage order."""
+    return [np.array([score for _, _, score in s.candidates]) for s in evaluator.samples]
 
 
 def _seed(seed: int) -> None:
