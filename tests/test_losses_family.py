@@ -612,3 +612,18 @@ def test_suggest_losses_fits_the_columns():
     assert "MarginMSELoss" in suggest_losses(["query", "positive", "negative_1", "labels"])
     assert list(suggest_losses(["query", "documents", "labels"]))[0] == "LambdaLoss"
     assert suggest_losses(["text"]) == {}
+
+
+def test_recommend_losses_sets_bce_pos_weight_from_real_labels():
+    from workbench.job import JobConfig, prepare_data, training_pairs
+    from workbench.losses import recommend_losses
+
+    data = prepare_data(JobConfig(dev_queries=0, max_train_queries=30, max_test_queries=1))
+    pairs = training_pairs(data, negatives=3)
+    best = recommend_losses(pairs)[0]
+    positives = sum(1 for y in pairs["label"] if y == 1.0)
+    assert best["loss"] == "BinaryCrossEntropyLoss"
+    assert best["settings"]["pos_weight"] == pytest.approx(
+        (len(pairs) - positives) / positives, abs=1e-3
+    )
+    assert 2.0 < best["settings"]["pos_weight"] <= 3.0

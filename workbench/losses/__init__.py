@@ -1,6 +1,11 @@
 """Training losses: each takes the `CrossEncoder` first and turns a batch into a loss."""
 
-from workbench.losses.base import RerankingLoss, detect_format, suggest_losses
+from workbench.losses.base import (
+    RerankingLoss,
+    detect_format,
+    recommend_losses,
+    suggest_losses,
+)
 from workbench.losses.in_batch import (
     CachedMultipleNegativesRankingLoss,
     MultipleNegativesRankingLoss,
@@ -23,5 +28,6 @@ __all__ = [
     "RankNetLoss",
     "RerankingLoss",
     "detect_format",
+    "recommend_losses",
     "suggest_losses",
 ]

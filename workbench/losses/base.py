@@ -169,3 +169,28 @@ def suggest_losses(columns: list[str]) -> dict[str, str]:
     if data_format == "tuples" and not (has_negatives and has_labels):
         del suggestions["MarginMSELoss"]
     return suggestions
+
+
+def recommend_losses(dataset) -> list[dict]:
+    """The losses that fit a dataset, best first, each with default settings for that data.
+
+    For `BinaryCrossEntropyLoss` on 0/1 labels, `pos_weight` is the number of negatives per
+    positive, so both classes weigh the same.
+
+    Args:
+        dataset: A `datasets.Dataset` (or anything with `column_names` and column access).
+
+    Returns:
+        Dicts with `loss` (class name), `reason` and `settings` (keyword arguments).
+    """
+    columns = list(dataset.column_names)
+    recommendations = []
+    for name, reason in suggest_losses(columns).items():
+        settings = {}
+        if name == "BinaryCrossEntropyLoss":
+            positives = sum(1 for y in dataset["label"] if float(y) > 0.5)
+            negatives = len(dataset) - positives
+            if positives and negatives:
+                settings["pos_weight"] = round(negatives / positives, 3)
+        recommendations.append({"loss": name, "reason": reason, "settings": settings})
+    return recommendations
