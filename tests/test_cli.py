@@ -45,6 +45,15 @@ def test_train_writes_run_folder(tmp_path, capsys):
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
 
     assert (out / "final" / "model.safetensors").exists()
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert 0.0 <= comparison["randomization_p"] <= 1.0
+    assert comparison["improved"] + comparison["regressed"] + comparison["tied"] == 6
+    import pandas as pd
+
+    table = pd.read_csv(out / "per_query_test.csv")
+    assert {"bm25_ndcg@10", "baseline_ndcg@10", "finetuned_ndcg@10"} <= set(table.columns)
+    assert table["finetuned_ndcg@10"].mean() == pytest.approx(results["finetuned"]["ndcg@10"])
+    assert table["bm25_ndcg@10"].mean() == pytest.approx(results["bm25"]["ndcg@10"])
     assert "fine-tuned model" in (out / "report.md").read_text()
     config = json.loads((out / "config.json").read_text())
     assert config["base_model"] == "minilm-l6-tiny" and config["freeze_layers"] == 1

@@ -42,12 +42,13 @@ def test_baseline_scores_are_cached_by_model_and_data(tmp_path, monkeypatch, cap
     # The tiny model's head is random: the same seed gives the same weights, hence the same key.
     with caplog.at_level(logging.INFO, logger="workbench.job"):
         set_seed(0)
-        first = _baseline_metrics(config, test)
+        first, _ = _baseline_metrics(config, test)
         assert "from cache" not in caplog.text
         set_seed(0)
-        second = _baseline_metrics(config, test)
+        second, per_query = _baseline_metrics(config, test)
         assert "Baseline scores from cache" in caplog.text
     assert first == second
+    assert per_query["ndcg@10"].mean() == pytest.approx(first["ndcg@10"])
     assert len(list((tmp_path / "scores").glob("*.npz"))) == 1
 
 

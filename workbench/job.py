@@ -24,6 +24,7 @@ from transformers import TrainingArguments
 from workbench.data import BeirData, load_beir, scifact_path
 from workbench.device import resolve_precision
 from workbench.embedded import cache_dir
+from workbench.evaluation.compare import RunComparison, compare_runs
 from workbench.evaluation.reranking import RerankingEvaluator, build_samples
 from workbench.losses import BinaryCrossEntropyLoss
 from workbench.model import CrossEncoder
@@ -128,7 +129,7 @@ def _run_stages(config: JobConfig, run: RunFolder) -> dict[str, dict[str, float]
         dev = _evaluator(data, data.dev, data.train_qrels, config.dev_top_k, "dev")
         test = _evaluator(data, data.test, data.test_qrels, config.rerank_top_k, "test")
     with _stage(timings, "baseline"):
-        baseline = _baseline_metrics(config, test)
+        baseline, baseline_per_query = _baseline_metrics(config, test)
 
     with _stage(timings, "training"):
         model = CrossEncoder(config.base_model, max_length=config.max_length)
@@ -144,9 +145,11 @@ def _run_stages(config: JobConfig, run: RunFolder) -> dict[str, dict[str, float]
             "baseline": baseline,
             "finetuned": _pick(test(model), "test_"),
         }
-    test.per_query.to_csv(run.root / "per_query_test.csv", index=False)
+        comparison = compare_runs(baseline_per_query, test.per_query, metric="ndcg@10")
+    _write_per_query(run, baseline_per_query, test.per_query)
     run.write_json("results.json", results)
-    report = render_report(config, data, results, pairs, trainer, timings)
+    run.write_json("comparison.json", comparison_summary(comparison))
+    report = render_report(config, data, results, pairs, trainer, timings, comparison)
     run.write_text("report.md", report)
     logger.info("Job finished in %.0f s; run folder %s", sum(timings.values()), run.root)
     return results
@@ -226,7 +229,9 @@ def freeze_bottom_layers(model: CrossEncoder, count: int) -> None:
     logger.info("Froze embeddings and %d of %d layers", min(count, len(layers)), len(layers))
 
 
-def render_report(config, data, results, pairs, trainer, timings: dict[str, float]) -> str:
+def render_report(
+    config, data, results, pairs, trainer, timings: dict[str, float], comparison=None
+) -> str:
     """A short Markdown report: what ran, the table, and a plain verdict."""
     lines = [
         "# Reranker Workbench run",
@@ -248,6 +253,16 @@ def render_report(config, data, results, pairs, trainer, timings: dict[str, floa
         "",
         verdict(results),
     ]
+    if comparison is not None:
+        lines += [
+            "",
+            f"Fine-tuned vs baseline, per test query ({comparison.metric}): mean "
+            f"{comparison.mean_delta:+.4f}, 95% bootstrap CI [{comparison.ci_low:+.4f}, "
+            f"{comparison.ci_high:+.4f}]; {comparison.improved} improved, "
+            f"{comparison.regressed} regressed, {comparison.tied} tied; paired randomization "
+            f"test p = {comparison.randomization_p:.3f}, paired t-test p = "
+            f"{comparison.t_test_p:.3f}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -327,7 +342,33 @@ def _baseline_metrics(config: JobConfig, test: RerankingEvaluator) -> dict[str, 
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             np.savez(path, **{f"q{i}": s for i, s in enumerate(scores)})
-    return _pick(test.compute(scores), "test_")
+    metrics = _pick(test.compute(scores), "test_")
+    return metrics, test.per_query.copy()
+
+
+def comparison_summary(comparison: RunComparison) -> dict:
+    """The figures of a fine-tuned vs baseline comparison, for `comparison.json`."""
+    return {
+        "metric": comparison.metric,
+        "a": "baseline",
+        "b": "finetuned",
+        "mean_delta": comparison.mean_delta,
+        "ci95": [comparison.ci_low, comparison.ci_high],
+        "randomization_p": comparison.randomization_p,
+        "t_test_p": comparison.t_test_p,
+        "improved": comparison.improved,
+        "regressed": comparison.regressed,
+        "tied": comparison.tied,
+    }
+
+
+def _write_per_query(run: RunFolder, baseline, finetuned) -> None:
+    """One row per test query: first-stage, baseline and fine-tuned metrics side by side."""
+    table = finetuned.rename(columns=lambda c: c.replace("base_", "bm25_"))
+    table = table.rename(columns={m: f"finetuned_{m}" for m in METRICS})
+    for metric in METRICS:
+        table[f"baseline_{metric}"] = baseline[metric].to_numpy()
+    table.to_csv(run.root / "per_query_test.csv", index=False)
 
 
 def _score_key(model: CrossEncoder, evaluator: RerankingEvaluator) -> str:
