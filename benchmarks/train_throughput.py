@@ -29,6 +29,7 @@ def measure_training(model_name, pairs, precision, steps, batch_size, max_length
         save_strategy="no",
         report_to="none",
         bf16=precision == "bf16",
+        use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
         dataloader_pin_memory=False,
     )

@@ -34,6 +34,8 @@ def test_train_writes_run_folder(tmp_path, capsys):
             "1",
             "--eval-steps",
             "2",
+            "--precision",
+            "bf16",
         ]
     )
     assert code == 0
@@ -57,6 +59,7 @@ def test_train_writes_run_folder(tmp_path, capsys):
     assert "fine-tuned model" in (out / "report.md").read_text()
     config = json.loads((out / "config.json").read_text())
     assert config["base_model"] == "minilm-l6-tiny" and config["freeze_layers"] == 1
+    assert config["resolved_precision"] == "bf16"
     events = read_jsonl(out / "metrics.jsonl")
     assert events[0]["step"] == 0 and "eval_dev_ndcg@10" in events[0]
     assert any("loss" in e for e in events)

@@ -302,6 +302,8 @@ def _trainer(config, model, pairs, dev, run, precision) -> CrossEncoderTrainer:
         weight_decay=config.weight_decay,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
+        # transformers refuses bf16 on a machine without an accelerator unless told it is a CPU.
+        use_cpu=_device() == "cpu",
         eval_strategy="steps",
         eval_steps=eval_steps,
         eval_on_start=True,
