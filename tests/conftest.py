@@ -58,3 +58,21 @@ def scifact_job():
     from workbench.job import JobConfig, prepare_data
 
     return prepare_data(JobConfig(dev_queries=0, max_train_queries=40, max_test_queries=1))
+
+
+def training_args(tmp_path, **overrides):
+    """Short CPU TrainingArguments for tests: 2 steps of 4 rows, nothing saved; overrides win."""
+    from transformers import TrainingArguments
+
+    values = dict(
+        output_dir=str(tmp_path / "checkpoints"),
+        per_device_train_batch_size=4,
+        learning_rate=5e-4,
+        max_steps=2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        use_cpu=True,
+    )
+    return TrainingArguments(**(values | overrides))

@@ -6,8 +6,9 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from transformers import TrainingArguments, set_seed
+from transformers import set_seed
 
+from tests.conftest import training_args
 from workbench import CrossEncoder, add_teacher_scores, distill
 from workbench.job import training_pairs
 
@@ -40,17 +41,7 @@ def tuples(scifact_job):
 
 
 def _args(tmp_path):
-    return TrainingArguments(
-        output_dir=str(tmp_path / "checkpoints"),
-        per_device_train_batch_size=4,
-        learning_rate=5e-4,
-        max_steps=2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=0,
-        use_cpu=True,
-    )
+    return training_args(tmp_path)
 
 
 def _student():

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from transformers import TrainingArguments, set_seed
+from transformers import set_seed
 
+from tests.conftest import training_args
 from workbench import (
     BinaryCrossEntropyLoss,
     CrossEncoder,
@@ -39,18 +40,7 @@ def tuples(pairs):
 
 
 def _args(tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path / "checkpoints"),
-        per_device_train_batch_size=4,
-        learning_rate=5e-4,
-        max_steps=2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=0,
-        use_cpu=True,
-    )
-    return TrainingArguments(**(values | overrides))
+    return training_args(tmp_path, **overrides)
 
 
 def _repeats(batch_rows: list[dict]) -> list[str]:

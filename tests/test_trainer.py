@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import TrainingArguments, set_seed
+from transformers import set_seed
 
+from tests.conftest import training_args
 from workbench import BinaryCrossEntropyLoss, CrossEncoder, CrossEncoderTrainer
 from workbench.evaluation.reranking import RerankingEvaluator, build_samples
 from workbench.job import JobConfig, prepare_data, training_pairs
@@ -36,11 +37,8 @@ def dev(job_data):
 
 def _args(tmp_path, **overrides):
     values = dict(
-        output_dir=str(tmp_path / "checkpoints"),
         per_device_train_batch_size=8,
-        learning_rate=5e-4,
         max_steps=6,
-        logging_steps=1,
         eval_strategy="steps",
         eval_steps=2,
         eval_on_start=True,
@@ -48,11 +46,8 @@ def _args(tmp_path, **overrides):
         save_strategy="steps",
         load_best_model_at_end=True,
         metric_for_best_model="dev_ndcg@10",
-        report_to="none",
-        seed=0,
-        use_cpu=True,
     )
-    return TrainingArguments(**(values | overrides))
+    return training_args(tmp_path, **(values | overrides))
 
 
 def test_training_pairs_hold_positives_and_bm25_negatives(job_data, pairs):

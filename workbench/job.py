@@ -22,7 +22,7 @@ import torch
 from transformers import TrainingArguments
 
 from workbench.data import BeirData, load_beir, scifact_path
-from workbench.device import resolve_precision
+from workbench.device import default_device, resolve_precision
 from workbench.embedded import cache_dir
 from workbench.evaluation.compare import RunComparison, compare_runs
 from workbench.evaluation.reranking import RerankingEvaluator, build_samples
@@ -120,7 +120,7 @@ def run_job(config: JobConfig, output_dir: str | Path) -> dict[str, dict[str, fl
 
 def _run_stages(config: JobConfig, run: RunFolder) -> dict[str, dict[str, float]]:
     timings: dict[str, float] = {}
-    precision = resolve_precision(config.precision, _device())
+    precision = resolve_precision(config.precision, default_device())
     run.write_json("config.json", dataclasses.asdict(config) | {"resolved_precision": precision})
     _seed(config.seed)
 
@@ -303,7 +303,7 @@ def _trainer(config, model, pairs, dev, run, precision) -> CrossEncoderTrainer:
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         # transformers refuses bf16 on a machine without an accelerator unless told it is a CPU.
-        use_cpu=_device() == "cpu",
+        use_cpu=default_device() == "cpu",
         eval_strategy="steps",
         eval_steps=eval_steps,
         eval_on_start=True,
@@ -398,9 +398,3 @@ def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _device() -> str:
-    from workbench.device import default_device
-
-    return default_device()
