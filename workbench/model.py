@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -27,7 +27,139 @@ _ACTIVATIONS = {
 _PROGRESS_MIN_PAIRS = 256
 
 
-class CrossEncoder:
+class Reranker:
+    """Scoring and ranking shared by every backend: PyTorch (`CrossEncoder`) and ONNX Runtime
+    (`workbench.onnx.OnnxCrossEncoder`).
+
+    A backend sets `tokenizer`, `max_length` and `activation`, reports `num_labels`, and turns
+    one batch of pairs into raw logits in `_batch_logits`; pair checks, length-sorted batches,
+    the activation and ranking live here once.
+    """
+
+    tokenizer = None
+    max_length: int
+    activation: str
+
+    @property
+    def num_labels(self) -> int:
+        """Outputs of the classification head."""
+        raise NotImplementedError
+
+    def predict(
+        self,
+        pairs: Sequence[tuple[str, str]] | Sequence[list[str]],
+        *,
+        batch_size: int = 32,
+        activation: str | None = None,
+        precision: str = "fp32",
+        show_progress_bar: bool | None = None,
+    ) -> np.ndarray:
+        """Score (query, passage) pairs.
+
+        Pairs are scored in batches sorted by length (less padding) and returned in input order.
+
+        Args:
+            pairs: (query, passage) pairs.
+            batch_size: Pairs per forward pass.
+            activation: Overrides the model's activation for this call.
+            precision: `"fp32"`, `"bf16"` or `"fp16"` (autocast; bf16 is fast on CPUs with AMX).
+            show_progress_bar: Defaults to on for more than 256 pairs.
+
+        Returns:
+            Shape (len(pairs),) for one label, else (len(pairs), num_labels).
+
+        Raises:
+            TypeError: If a pair is not two strings.
+        """
+        pairs = _check_pairs(pairs)
+        activation = _check_activation(activation or self.activation)
+        if show_progress_bar is None:
+            show_progress_bar = len(pairs) > _PROGRESS_MIN_PAIRS
+
+        # Longest first: the first batch shows the worst-case memory at once.
+        lengths = [len(q) + len(p) for q, p in pairs]
+        order = np.argsort(lengths, kind="stable")[::-1]
+        scores = np.empty((len(pairs), self.num_labels), dtype=np.float32)
+        bar = tqdm(total=len(pairs), desc="Scoring", unit="pair", disable=not show_progress_bar)
+        with self._scoring(precision):
+            for start in range(0, len(pairs), batch_size):
+                index = order[start : start + batch_size]
+                scores[index] = self._batch_logits([pairs[i] for i in index])
+                bar.update(len(index))
+        bar.close()
+        if activation == "sigmoid":
+            scores = torch.sigmoid(torch.from_numpy(scores)).numpy()
+        return scores[:, 0] if self.num_labels == 1 else scores
+
+    def rank(
+        self,
+        query: str,
+        passages: Sequence[str],
+        *,
+        top_k: int | None = None,
+        batch_size: int = 32,
+        return_passages: bool = False,
+    ) -> list[dict]:
+        """Sort passages by their score for one query.
+
+        Args:
+            query: The query.
+            passages: Candidate passages.
+            top_k: Keep only the best `top_k`.
+            batch_size: Pairs per forward pass.
+            return_passages: Add each passage's text under `"text"`.
+
+        Returns:
+            Dicts with `corpus_id` (index into `passages`) and `score`, best first; ties keep
+            input order.
+
+        Raises:
+            ValueError: If the model has more than one label (there is no single score to sort).
+        """
+        if self.num_labels != 1:
+            raise ValueError(
+                f"`rank` needs a model with num_labels=1, but this one has {self.num_labels}. "
+                "Use `predict` and pick the column to sort by."
+            )
+        scores = self.predict([(query, p) for p in passages], batch_size=batch_size)
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        results = [{"corpus_id": int(i), "score": float(scores[i])} for i in order]
+        if return_passages:
+            for result in results:
+                result["text"] = passages[result["corpus_id"]]
+        return results
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]], *, return_tensors: str = "pt"):
+        """Tokenize pairs, padded to the longest and truncated to `max_length`.
+
+        Args:
+            pairs: (query, passage) pairs.
+            return_tensors: `"pt"` (torch tensors) or `"np"` (numpy arrays).
+
+        Returns:
+            The tokenizer's encoding: `input_ids`, `attention_mask` and, for BERT-style models,
+            `token_type_ids`.
+        """
+        queries, passages = zip(*pairs, strict=True)
+        return self.tokenizer(
+            list(queries),
+            list(passages),
+            padding=True,
+            truncation="longest_first",
+            max_length=self.max_length,
+            return_tensors=return_tensors,
+        )
+
+    def _scoring(self, precision: str) -> contextlib.AbstractContextManager:
+        """The context one `predict` call runs in (inference mode, autocast)."""
+        return contextlib.nullcontext()
+
+    def _batch_logits(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """Raw logits of one batch, shape (len(pairs), num_labels), float32."""
+        raise NotImplementedError
+
+
+class CrossEncoder(Reranker):
     """A reranker that reads a query and a passage together and returns a relevance score.
 
     Loads any Hugging Face sequence-classification checkpoint, or a plain encoder (a fresh
@@ -99,103 +231,20 @@ class CrossEncoder:
         """Outputs of the classification head."""
         return self.model.config.num_labels
 
-    def predict(
-        self,
-        pairs: Sequence[tuple[str, str]] | Sequence[list[str]],
-        *,
-        batch_size: int = 32,
-        activation: str | None = None,
-        precision: str = "fp32",
-        show_progress_bar: bool | None = None,
-    ) -> np.ndarray:
-        """Score (query, passage) pairs.
-
-        Pairs are scored in batches sorted by length (less padding) and returned in input order.
-
-        Args:
-            pairs: (query, passage) pairs.
-            batch_size: Pairs per forward pass.
-            activation: Overrides the model's activation for this call.
-            precision: `"fp32"`, `"bf16"` or `"fp16"` (autocast; bf16 is fast on CPUs with AMX).
-            show_progress_bar: Defaults to on for more than 256 pairs.
-
-        Returns:
-            Shape (len(pairs),) for one label, else (len(pairs), num_labels).
-
-        Raises:
-            TypeError: If a pair is not two strings.
-        """
-        pairs = _check_pairs(pairs)
-        act = _activation_fn(_check_activation(activation or self.activation))
-        if show_progress_bar is None:
-            show_progress_bar = len(pairs) > _PROGRESS_MIN_PAIRS
-
-        # Longest first: the first batch shows the worst-case memory at once.
-        lengths = [len(q) + len(p) for q, p in pairs]
-        order = np.argsort(lengths, kind="stable")[::-1]
-        scores = np.empty((len(pairs), self.num_labels), dtype=np.float32)
-        self.model.eval()
-        bar = tqdm(total=len(pairs), desc="Scoring", unit="pair", disable=not show_progress_bar)
-        with torch.inference_mode(), autocast(self.device, precision):
-            for start in range(0, len(pairs), batch_size):
-                index = order[start : start + batch_size]
-                features = self.tokenize([pairs[i] for i in index])
-                logits = self.model(**features).logits.float()  # (batch, num_labels)
-                scores[index] = act(logits).cpu().numpy()
-                bar.update(len(index))
-        bar.close()
-        return scores[:, 0] if self.num_labels == 1 else scores
-
-    def rank(
-        self,
-        query: str,
-        passages: Sequence[str],
-        *,
-        top_k: int | None = None,
-        batch_size: int = 32,
-        return_passages: bool = False,
-    ) -> list[dict]:
-        """Sort passages by their score for one query.
-
-        Args:
-            query: The query.
-            passages: Candidate passages.
-            top_k: Keep only the best `top_k`.
-            batch_size: Pairs per forward pass.
-            return_passages: Add each passage's text under `"text"`.
-
-        Returns:
-            Dicts with `corpus_id` (index into `passages`) and `score`, best first; ties keep
-            input order.
-
-        Raises:
-            ValueError: If the model has more than one label (there is no single score to sort).
-        """
-        if self.num_labels != 1:
-            raise ValueError(
-                f"`rank` needs a model with num_labels=1, but this one has {self.num_labels}. "
-                "Use `predict` and pick the column to sort by."
-            )
-        scores = self.predict([(query, p) for p in passages], batch_size=batch_size)
-        order = np.argsort(-scores, kind="stable")[:top_k]
-        results = [{"corpus_id": int(i), "score": float(scores[i])} for i in order]
-        if return_passages:
-            for result in results:
-                result["text"] = passages[result["corpus_id"]]
-        return results
-
     def tokenize(self, pairs: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
         """Tokenize pairs into padded tensors on the model's device."""
-        queries, passages = zip(*pairs, strict=True)
-        features = self.tokenizer(
-            list(queries),
-            list(passages),
-            padding=True,
-            truncation="longest_first",
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
+        features = self.encode_pairs(pairs, return_tensors="pt")
         return {k: v.to(self.device) for k, v in features.items()}
+
+    @contextlib.contextmanager
+    def _scoring(self, precision: str):
+        self.model.eval()
+        with torch.inference_mode(), autocast(self.device, precision):
+            yield
+
+    def _batch_logits(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        logits = self.model(**self.tokenize(pairs)).logits.float()  # (batch, num_labels)
+        return logits.cpu().numpy()
 
     def save_pretrained(self, folder: str | Path, **kwargs) -> None:
         """Write safetensors weights, tokenizer and config.
@@ -267,10 +316,6 @@ def _check_activation(name: str) -> str:
     if name not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {name!r}")
     return name
-
-
-def _activation_fn(name: str) -> nn.Module:
-    return nn.Sigmoid() if name == "sigmoid" else nn.Identity()
 
 
 def _check_pairs(pairs) -> list[tuple[str, str]]:
