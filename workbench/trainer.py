@@ -19,13 +19,16 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import seed_worker
 
+from workbench.guardrails import BaselineFirstCallback, CollapseCallback
 from workbench.losses import BinaryCrossEntropyLoss
 from workbench.sampling import (
     DATASET_KEY,
     STRATEGIES,
+    LengthGroupedBatchSampler,
     MultiDatasetBatchSampler,
     NamedConcatDataset,
     NoDuplicatesBatchSampler,
+    token_lengths,
 )
 
 logger = logging.getLogger(__name__)
@@ -92,7 +95,8 @@ class MetricsFileCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         now = time.time()
-        record = {"step": state.global_step, "epoch": state.epoch, "time": round(now, 3)}
+        record = {"step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch}
+        record["time"] = round(now, 3)
         record |= {"elapsed_s": round(now - self.start, 2), **logs}
         self._add_throughput(record, args, state, now)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,9 +117,47 @@ class MetricsFileCallback(TrainerCallback):
             return
         step0, time0 = self.last_step
         if state.global_step > step0:
-            batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
+            # Pairs per optimizer step over all processes (DDP: every rank trains a batch).
+            batch = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
             record["pairs_per_s"] = round((state.global_step - step0) * batch / (now - time0), 2)
         self.last_step = (state.global_step, now)
+
+
+class StopCallback(TrainerCallback):
+    """End training cleanly on request: save a checkpoint at the current step, then stop.
+
+    A request is a call to `request()` (e.g. from a SIGTERM handler) or the file `stop_file`
+    appearing (e.g. written by the dashboard). The Trainer then saves at the end of the step it
+    is in, so `resume_from_checkpoint` continues from there.
+
+    Args:
+        stop_file: Checked at the end of every step; None to rely on `request()` alone.
+    """
+
+    def __init__(self, stop_file: str | Path | None = None) -> None:
+        self.stop_file = Path(stop_file) if stop_file is not None else None
+        self.requested = False
+        self.training = False
+
+    def request(self) -> None:
+        """Ask training to stop at the end of the current step."""
+        self.requested = True
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop_file is not None and self.stop_file.exists():
+            self.requested = True
+        if self.requested and not control.should_training_stop:
+            logger.info("Stop requested: saving a checkpoint at step %d", state.global_step)
+            control.should_save = True
+            control.should_log = True
+            control.should_training_stop = True
+        return control
 
 
 class CrossEncoderTrainer(Trainer):
@@ -140,7 +182,9 @@ class CrossEncoderTrainer(Trainer):
         evaluator: Called with the model at each evaluation; its metrics are logged as
             `eval_<name>_<metric>` and can drive `metric_for_best_model`.
         metrics_path: Where to append the JSON-lines log (e.g. `run/metrics.jsonl`).
-        callbacks: Extra Trainer callbacks.
+        callbacks: Extra Trainer callbacks. With an evaluator, a `CollapseCallback` is added
+            unless one is given; add a `BaselineFirstCallback` to end on the best evaluated
+            weights, the starting model's included (then see `kept_start_model`).
         batch_sampler: `"default"` (the Trainer's shuffled batches) or `"no_duplicates"` (no
             text twice in a batch, for in-batch losses; see `NoDuplicatesBatchSampler`).
         multi_dataset_sampler: With a dict of datasets, `"proportional"` or `"round_robin"`.
@@ -192,6 +236,8 @@ class CrossEncoderTrainer(Trainer):
         model.write_settings()
 
         callbacks = list(callbacks or [])
+        if evaluator is not None and not any(isinstance(c, CollapseCallback) for c in callbacks):
+            callbacks.append(CollapseCallback())
         if metrics_path is not None:
             callbacks.append(MetricsFileCallback(metrics_path))
         # Trainer refuses an eval strategy without an eval dataset; an evaluator is enough here,
@@ -259,14 +305,20 @@ class CrossEncoderTrainer(Trainer):
         return self.accelerator.prepare(loader)
 
     def _train_batch_sampler(self) -> Sampler | None:
-        """The batch sampler the settings ask for, or None for the Trainer's default."""
+        """The batch sampler the settings ask for, or None for the Trainer's default.
+
+        `train_sampling_strategy="group_by_length"` groups rows of similar token length into
+        batches (less padding) in every sampler here; the Trainer's own length grouping needs
+        tokenized rows, and these rows are text.
+        """
         multi = isinstance(self.train_dataset, NamedConcatDataset)
-        if not multi and self.batch_sampler == "default":
+        grouped = self.args.train_sampling_strategy == "group_by_length"
+        if not multi and self.batch_sampler == "default" and not grouped:
             return None
-        if self.args.train_sampling_strategy != "random":
+        if self.args.train_sampling_strategy not in ("random", "group_by_length"):
             logger.warning(
                 "train_sampling_strategy=%r is ignored: batches come from a %s batch sampler. "
-                "Leave it at 'random' to silence this.",
+                "Use 'random' or 'group_by_length' to silence this.",
                 self.args.train_sampling_strategy,
                 "multi-dataset" if multi else "no-duplicates",
             )
@@ -276,14 +328,36 @@ class CrossEncoderTrainer(Trainer):
             "drop_last": self.args.dataloader_drop_last,
             "seed": seed,
         }
+        lengths = self._train_lengths() if grouped else None
         if multi:
             return MultiDatasetBatchSampler(
                 self.train_dataset,
                 strategy=self.multi_dataset_sampler,
                 no_duplicates=self.batch_sampler == "no_duplicates",
+                lengths=lengths,
                 **options,
             )
-        return NoDuplicatesBatchSampler(self.train_dataset, **options)
+        if self.batch_sampler == "no_duplicates":
+            return NoDuplicatesBatchSampler(self.train_dataset, lengths=lengths, **options)
+        return LengthGroupedBatchSampler(lengths, **options)
+
+    def _train_lengths(self):
+        """Token length of every training row, measured once per trainer."""
+        if getattr(self, "_lengths", None) is None:
+            start = time.time()
+            self._lengths = token_lengths(
+                self.train_dataset,
+                self.cross_encoder.tokenizer,
+                max_length=self.cross_encoder.max_length,
+                column=self.args.length_column_name,
+            )
+            logger.info(
+                "Token lengths of %d rows for length-grouped batches in %.1f s (mean %.0f)",
+                len(self._lengths),
+                time.time() - start,
+                self._lengths.mean(),
+            )
+        return self._lengths
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Run the batch's loss module; dict-valued losses are summed, parts logged.
@@ -292,7 +366,13 @@ class CrossEncoderTrainer(Trainer):
         dataset's loss is also logged as `loss_<name>`.
         """
         name = inputs.get(DATASET_KEY)
-        loss = self._loss_for(name)(inputs["texts"], inputs.get("labels"))
+        # The loss runs the model through `model`, the Trainer's wrapper (DDP, FSDP,
+        # DeepSpeed) when there is one: calling the bare model skips the gradient sync.
+        self.cross_encoder.training_module = model if model is not self.model else None
+        try:
+            loss = self._loss_for(name)(inputs["texts"], inputs.get("labels"))
+        finally:
+            self.cross_encoder.training_module = None
         if isinstance(loss, dict):
             if model.training:
                 for part_name, part in loss.items():
@@ -349,12 +429,22 @@ class CrossEncoderTrainer(Trainer):
         scores = self.evaluator(self.cross_encoder)
         extra = {f"{metric_key_prefix}_{k}": v for k, v in scores.items()}
         extra[f"{metric_key_prefix}_evaluator_runtime"] = round(time.time() - start, 2)
-        self.log(extra)
         metrics |= extra
+        # Callbacks see the metrics before they are logged, so guardrails can add theirs.
+        logged = set(metrics) - set(extra)
         self.control = self.callback_handler.on_evaluate(
             self.args, self.state, self.control, metrics=metrics
         )
+        self.log({k: v for k, v in metrics.items() if k not in logged})
         return metrics
+
+    @property
+    def kept_start_model(self) -> bool:
+        """True when a `BaselineFirstCallback` ended training on the starting model's weights."""
+        return any(
+            isinstance(c, BaselineFirstCallback) and c.kept_start
+            for c in self.callback_handler.callbacks
+        )
 
 
 def _check_choice(argument: str, value: str, choices: tuple[str, ...]) -> str:

@@ -1,6 +1,6 @@
 """Readers for pair, tuple and BEIR data, with validation that names file, row and column."""
 
-from workbench.data.beir import BeirData, load_beir, scifact_path
+from workbench.data.beir import BeirData, load_beir, load_run, scifact_path
 from workbench.data.readers import DataValidationError, load_pairs, load_tuples, read_table
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "DataValidationError",
     "load_beir",
     "load_pairs",
+    "load_run",
     "load_tuples",
     "read_table",
     "scifact_path",

@@ -67,6 +67,40 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
     return BeirData(corpus, queries, qrels)
 
 
+def load_run(path: str | Path) -> dict[str, list[tuple[str, float]]]:
+    """Read a first-stage run: query id -> [(doc id, score)], in file order.
+
+    Two layouts are read: a TSV with the header `query-id corpus-id rank score` (as in the
+    shared TREC DL 2019 folder), or a TREC run file (`qid Q0 docid rank score tag`, no header).
+
+    Raises:
+        FileNotFoundError: If the file is missing.
+        DataValidationError: If a line has too few fields or a score is not a number.
+    """
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    header = bool(lines) and lines[0].split("\t")[:2] == ["query-id", "corpus-id"]
+    # Columns of query id, doc id and score in each layout.
+    fields, columns = (4, (0, 1, 3)) if header else (6, (0, 2, 4))
+    run: dict[str, list[tuple[str, float]]] = {}
+    for line_no, line in enumerate(lines[1:] if header else lines, start=2 if header else 1):
+        parts = line.split("\t") if header else line.split()
+        if not parts:
+            continue
+        if len(parts) < fields:
+            raise DataValidationError(
+                f"{path}, line {line_no}: expected {fields} fields, got {len(parts)} ({line!r})"
+            )
+        query_id, doc_id, score = (parts[i] for i in columns)
+        try:
+            run.setdefault(query_id, []).append((doc_id, float(score)))
+        except ValueError as err:
+            raise DataValidationError(
+                f"{path}, line {line_no}, column 'score': expected a number, got {score!r}"
+            ) from err
+    return run
+
+
 def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
     rows = []
     with open(path, encoding="utf-8-sig") as handle:

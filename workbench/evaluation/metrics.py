@@ -49,6 +49,20 @@ def average_precision(
     return total / num_relevant
 
 
+def recall_at_k(
+    ranking: Sequence[str], qrels: Mapping[str, int], k: int, *, relevance_level: int = 1
+) -> float:
+    """Share of the query's relevant judged documents found in the top k (trec_eval `recall_k`).
+
+    The denominator counts every judged document at `relevance_level` or above, retrieved or
+    not; a run shorter than k is taken as it is. A query without relevant documents gives 0.
+    """
+    relevant = {doc for doc, grade in qrels.items() if grade >= relevance_level}
+    if not relevant:
+        return 0.0
+    return sum(1 for doc in ranking[:k] if doc in relevant) / len(relevant)
+
+
 def rank_metrics(
     run: Sequence[tuple[str, float]],
     qrels: Mapping[str, int],

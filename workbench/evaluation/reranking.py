@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from workbench.evaluation.metrics import rank_metrics
-from workbench.retrieval import scores_to_run
+from workbench.evaluation.metrics import ndcg_at_k, rank_metrics, recall_at_k
+from workbench.retrieval import scores_to_run, sort_run
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +44,24 @@ class RerankingEvaluator:
     trec_eval's (see `workbench.evaluation.metrics`). Queries without a document at
     `relevance_level` are skipped and counted in `skipped_queries`.
 
+    Also reported: `base_recall@c`, the first stage's recall at each cut-off c (trec_eval's
+    `recall_c`: relevant candidates in the top c over all relevant judged documents);
+    `ndcg@k_depth<d>` for each rerank depth d, nDCG@k when only the first stage's top d are
+    reranked and the rest keep their first-stage order (build the samples to the deepest depth:
+    every candidate is scored once); `score_std` and `score_margin`, the mean over queries of
+    the spread of the model's raw scores and of mean(relevant) - mean(other candidates), which
+    reveal a model whose scores collapsed (see `workbench.guardrails`). `per_query` holds every
+    metric per query; `per_query.to_csv(path)` saves it.
+
     Args:
         samples: The queries to rerank.
         name: Metric prefix, e.g. `scifact-dev`.
         k: Cut-off for nDCG and MRR.
         relevance_level: Minimum grade that counts as relevant for MAP and MRR (TREC DL: 2).
         optimistic: Also report the optimistic setting.
+        depths: Rerank depths for the `ndcg@k_depth<d>` sweep, e.g. (10, 30, 100, 200).
+        recall_at: First-stage recall cut-offs; defaults to k, the depths and the deepest
+            candidate list.
         batch_size: Pairs per forward pass.
         precision: Autocast precision for scoring.
 
@@ -66,6 +78,8 @@ class RerankingEvaluator:
         k: int = 10,
         relevance_level: int = 1,
         optimistic: bool = False,
+        depths: Sequence[int] = (),
+        recall_at: Sequence[int] | None = None,
         batch_size: int = 32,
         precision: str = "fp32",
     ) -> None:
@@ -79,6 +93,11 @@ class RerankingEvaluator:
         self.k = k
         self.relevance_level = relevance_level
         self.optimistic = optimistic
+        self.depths = _check_cutoffs("depths", depths)
+        deepest = max(len(s.candidates) for s in self.samples)
+        self.recall_at = _check_cutoffs(
+            "recall_at", recall_at if recall_at is not None else {k, deepest, *self.depths}
+        )
         self.batch_size = batch_size
         self.precision = precision
         self.per_query: pd.DataFrame | None = None
@@ -137,10 +156,29 @@ class RerankingEvaluator:
         first_stage = [(doc, score) for doc, _, score in sample.candidates]
         row = {"query_id": sample.query_id}
         row |= self._metrics(first_stage, sample.qrels, "base_")
+        base_order = [doc for doc, _ in sort_run(first_stage)]
+        for cutoff in self.recall_at:
+            row[f"base_recall@{cutoff}"] = recall_at_k(
+                base_order, sample.qrels, cutoff, relevance_level=self.relevance_level
+            )
         row |= self._metrics(scores_to_run(ids, scores[:n]), sample.qrels, "")
+        row |= self._depth_sweep(base_order, dict(zip(ids, scores[:n], strict=True)), sample.qrels)
+        row |= _score_spread(ids, scores[:n], sample.qrels, self.relevance_level)
         if self.optimistic:
             all_ids = ids + [doc for doc, _ in sample.missed]
             row |= self._metrics(scores_to_run(all_ids, scores), sample.qrels, "optimistic_")
+        return row
+
+    def _depth_sweep(
+        self, base_order: list[str], scores: Mapping[str, float], qrels: Mapping[str, int]
+    ) -> dict[str, float]:
+        """nDCG@k with the first stage's top d reranked and its tail left in place, per depth."""
+        row = {}
+        for depth in self.depths:
+            head = base_order[:depth]
+            reranked = scores_to_run(head, np.array([scores[doc] for doc in head]))
+            ranking = [doc for doc, _ in reranked] + base_order[depth:]
+            row[f"ndcg@{self.k}_depth{depth}"] = ndcg_at_k(ranking, qrels, self.k)
         return row
 
     def _metrics(self, run, qrels: Mapping[str, int], prefix: str) -> dict[str, float]:
@@ -192,3 +230,24 @@ def build_samples(
 
 def _has_relevant(qrels: Mapping[str, int], level: int) -> bool:
     return any(grade >= level for grade in qrels.values())
+
+
+def _score_spread(
+    ids: list[str], scores: np.ndarray, qrels: Mapping[str, int], level: int
+) -> dict[str, float]:
+    """Spread of one query's scores, and relevant minus other mean (nan without both kinds)."""
+    relevant = np.array([qrels.get(doc, 0) >= level for doc in ids])
+    margin = float("nan")
+    if relevant.any() and not relevant.all():
+        margin = float(scores[relevant].mean() - scores[~relevant].mean())
+    return {"score_std": float(np.std(scores)), "score_margin": margin}
+
+
+def _check_cutoffs(argument: str, values) -> list[int]:
+    values = sorted(set(values))
+    if any(not isinstance(v, int | np.integer) or v < 1 for v in values):
+        raise ValueError(
+            f"`RerankingEvaluator` expects {argument} as positive integers, but got {values!r}. "
+            "Pass e.g. (10, 30, 100)."
+        )
+    return [int(v) for v in values]

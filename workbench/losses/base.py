@@ -86,7 +86,7 @@ class RerankingLoss(nn.Module):
         chunks = []
         for start in range(0, len(pairs), size):
             features = self.model.tokenize(pairs[start : start + size])
-            chunks.append(self.model.model(**features).logits.float())
+            chunks.append(self.model.logits(features).float())
         return torch.cat(chunks)
 
     def score(

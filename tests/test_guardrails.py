@@ -1,0 +1,108 @@
+"""Training guardrails on real training runs: score collapse and the baseline-first rule."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from transformers import set_seed
+
+from tests.conftest import training_args
+from workbench import BinaryCrossEntropyLoss, CrossEncoder, CrossEncoderTrainer
+from workbench.evaluation.reranking import RerankingEvaluator, build_samples
+from workbench.guardrails import BaselineFirstCallback, CollapseCallback
+from workbench.job import JobConfig, baseline_first_note, prepare_data, training_pairs
+
+
+@pytest.fixture(scope="module")
+def job_data():
+    return prepare_data(JobConfig(dev_queries=12, max_train_queries=32, max_test_queries=1))
+
+
+@pytest.fixture(scope="module")
+def dev(job_data):
+    runs = {q: job_data.runs[q] for q in job_data.dev}
+    samples = build_samples(
+        job_data.dev, job_data.train_qrels, job_data.beir.corpus, runs, top_k=10
+    )
+    return RerankingEvaluator(samples, name="dev")
+
+
+def _train(tmp_path, job_data, dev, learning_rate: float):
+    """4 steps of BCE on SciFact pairs from the tiny model, dev evaluations at steps 0, 2, 4."""
+    set_seed(0)
+    model = CrossEncoder("minilm-l6-tiny", max_length=96)
+    start = {k: v.clone() for k, v in model.model.state_dict().items()}
+    args = training_args(
+        tmp_path,
+        per_device_train_batch_size=8,
+        learning_rate=learning_rate,
+        lr_scheduler_type="constant",
+        max_steps=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        eval_on_start=True,
+        metric_for_best_model="dev_ndcg@10",
+    )
+    trainer = CrossEncoderTrainer(
+        model,
+        args,
+        train_dataset=training_pairs(job_data, negatives=3),
+        evaluator=dev,
+        loss=BinaryCrossEntropyLoss(model, pos_weight=3.0),
+        metrics_path=tmp_path / "metrics.jsonl",
+        callbacks=[BaselineFirstCallback()],
+    )
+    trainer.train()
+    evals = [e for e in trainer.state.log_history if "eval_dev_ndcg@10" in e]
+    return trainer, model, start, evals
+
+
+def test_huge_learning_rate_collapses_and_the_start_model_is_kept(tmp_path, job_data, dev, caplog):
+    with caplog.at_level(logging.WARNING, logger="workbench.guardrails"):
+        trainer, model, start, evals = _train(tmp_path, job_data, dev, learning_rate=1.0)
+
+    # Every score of a query is the same number after a step at lr 1.
+    assert [e["step"] for e in evals] == [0, 2, 4]
+    assert [e["eval_dev_collapsed"] for e in evals] == [0.0, 1.0, 1.0]
+    assert evals[-1]["eval_dev_score_std"] < 1e-6
+    assert "scores on dev collapsed" in caplog.text
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["eval_dev_collapsed"] for x in lines if "eval_dev_collapsed" in x] == [0, 1, 1]
+
+    # Training never beat step 0, so the final model is the starting model, and the report says so.
+    assert max(e["eval_dev_ndcg@10"] for e in evals[1:]) < evals[0]["eval_dev_ndcg@10"]
+    assert trainer.kept_start_model
+    after = model.model.state_dict()
+    assert all(torch.equal(start[k], after[k].cpu()) for k in start)
+    assert "did not beat the starting model on dev dev_ndcg@10" in baseline_first_note(trainer)
+
+
+def test_healthy_training_does_not_collapse_and_ends_on_the_best_evaluation(
+    tmp_path, job_data, dev
+):
+    trainer, model, start, evals = _train(tmp_path, job_data, dev, learning_rate=1e-3)
+
+    assert [e["eval_dev_collapsed"] for e in evals] == [0.0, 0.0, 0.0]
+    guard = next(c for c in trainer.callback_handler.callbacks if isinstance(c, CollapseCallback))
+    assert guard.collapsed == []
+
+    best = max(evals, key=lambda e: e["eval_dev_ndcg@10"])
+    assert best["step"] > 0
+    assert not trainer.kept_start_model
+    assert baseline_first_note(trainer) == ""
+    assert dev(model)["dev_ndcg@10"] == pytest.approx(best["eval_dev_ndcg@10"])
+
+
+def test_baseline_first_needs_a_metric(tmp_path, job_data):
+    model = CrossEncoder("minilm-l6-tiny", max_length=32)
+    trainer = CrossEncoderTrainer(
+        model,
+        training_args(tmp_path, max_steps=1),
+        train_dataset=training_pairs(job_data, negatives=1).select(range(4)),
+        callbacks=[BaselineFirstCallback()],
+    )
+    with pytest.raises(ValueError, match="needs a metric"):
+        trainer.train()
