@@ -1,4 +1,5 @@
-"""The `workbench` command: `train` runs the main job, `evaluate` scores a model.
+"""The `workbench` command: `train` runs the main job, `evaluate` scores a model, `validate`
+checks a data file, `mine` finds hard negatives.
 
 Run `workbench --help` (or `python -m workbench --help`).
 """
@@ -79,6 +80,90 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from workbench.data import validate_data
+
+    report = validate_data(
+        args.file,
+        args.eval_file,
+        column_map=_column_map(args.column),
+        loss=args.loss,
+        tokenizer=args.model,
+        max_length=args.max_length,
+    )
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_markdown())
+    return 0 if report.ok else 1
+
+
+def _mine(args: argparse.Namespace) -> int:
+    from workbench.data import load_beir, scifact_path
+    from workbench.data.validation import guess_column_roles
+    from workbench.job_files import write_rows
+    from workbench.mining import mine_hard_negatives
+
+    if args.corpus == "scifact":
+        corpus = load_beir(scifact_path(), "train").corpus
+    elif args.corpus:
+        corpus = _read_corpus(args.corpus)
+    else:
+        corpus = None
+    columns = _columns_of(args.file)
+    column_map = guess_column_roles(columns, _column_map(args.column))
+    result = mine_hard_negatives(
+        args.file,
+        corpus,
+        retriever=args.retriever,
+        num_negatives=args.num_negatives,
+        range_min=args.range_min,
+        range_max=args.range_max,
+        max_score=args.max_score,
+        min_score=args.min_score,
+        absolute_margin=args.absolute_margin,
+        relative_margin=args.relative_margin,
+        sampling=args.sampling,
+        random_share=args.random_share,
+        output_format=args.output_format,
+        false_negative_screen=args.screen if args.screen != "off" else None,
+        column_map={c: r for c, r in column_map.items() if c != r},
+        seed=args.seed,
+    )
+    write_rows(result.dataset, args.output)
+    print(result.report.to_markdown())
+    print(f"Wrote {len(result.dataset)} rows to {args.output}")
+    return 0
+
+
+def _read_corpus(path: str) -> list[str]:
+    """Corpus texts from a file: a BEIR corpus.jsonl (title + text) or a table with `text`."""
+    from workbench.data import read_table
+
+    table, origin = read_table(path)
+    if "text" not in table.columns:
+        raise ValueError(f"{origin}: a corpus needs a 'text' column, got {list(table.columns)!r}")
+    titles = table["title"].fillna("") if "title" in table.columns else None
+    texts = table["text"].fillna("").astype(str)
+    if titles is not None:
+        texts = [f"{t}. {x}" if t else x for t, x in zip(titles, texts, strict=True)]
+    return list(texts)
+
+
+def _columns_of(path: str) -> list[str]:
+    from workbench.data import read_table
+
+    return list(read_table(path)[0].columns)
+
+
+def _column_map(items: list[str] | None) -> dict[str, str]:
+    """`--column question=query` flags as {source column: role}."""
+    mapping = {}
+    for item in items or []:
+        source, sep, role = item.partition("=")
+        if not sep or not source or not role:
+            raise ValueError(f"--column expects SOURCE=ROLE (e.g. question=query), got {item!r}")
+        mapping[source] = role
+    return mapping
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
     parser.set_defaults(command=None)
@@ -104,6 +189,42 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-length", type=int, default=None)
     evaluate.add_argument("--relevance-level", type=int, default=1, help="TREC DL uses 2")
     evaluate.set_defaults(handler=_evaluate)
+
+    column_help = "map a column to a role, e.g. question=query (repeatable)"
+    validate = commands.add_parser("validate", help="check a data file before training")
+    validate.add_argument("file", help="CSV, TSV, JSONL, JSON or Parquet (may be compressed)")
+    validate.add_argument("--eval-file", help="eval data: checked too, and compared for leakage")
+    validate.add_argument("--column", action="append", help=column_help)
+    validate.add_argument("--loss", help="the loss you plan to use, e.g. BinaryCrossEntropyLoss")
+    validate.add_argument("--model", default="minilm-l6", help="tokenizer for the length check")
+    validate.add_argument("--max-length", type=int, default=256)
+    validate.add_argument("--json", action="store_true", help="print the report as JSON")
+    # Exit status: 0 ready to train, 1 errors found.
+    validate.set_defaults(handler=_validate)
+
+    mine = commands.add_parser("mine", help="mine hard negatives for (query, positive) rows")
+    mine.add_argument("file", help="(query, positive) rows or labelled (query, passage, label)")
+    mine.add_argument("--output", required=True, help="where to write the rows (JSON lines)")
+    mine.add_argument("--corpus", help="extra candidates: a corpus file or 'scifact'")
+    mine.add_argument("--column", action="append", help=column_help)
+    mine.add_argument("--retriever", default="bm25", help="bm25, minilm-l6, bge-small, a folder")
+    mine.add_argument("--num-negatives", type=int, default=3)
+    mine.add_argument("--range-min", type=int, default=0)
+    mine.add_argument("--range-max", type=int, default=None)
+    mine.add_argument("--max-score", type=float, default=None)
+    mine.add_argument("--min-score", type=float, default=None)
+    mine.add_argument("--absolute-margin", type=float, default=None)
+    mine.add_argument("--relative-margin", type=float, default=None)
+    mine.add_argument("--sampling", choices=("top", "random"), default="top")
+    mine.add_argument("--random-share", type=float, default=0.0)
+    mine.add_argument(
+        "--output-format",
+        default="triplet",
+        choices=("triplet", "n-tuple", "n-tuple-scores", "labeled-pairs", "labeled-list"),
+    )
+    mine.add_argument("--screen", choices=("flag", "drop", "off"), default="flag")
+    mine.add_argument("--seed", type=int, default=12)
+    mine.set_defaults(handler=_mine)
     return parser
 
 

@@ -143,7 +143,7 @@ def read_pairs(
     frame["label"] = labels.astype("float32")
     fixes += _conflicting_labels(frame, origin)
     if drop_duplicates:
-        frame, more = _drop_duplicates(frame, origin)
+        frame, more = drop_duplicate_rows(frame, origin)
         fixes += more
     fixes += _positives(frame, origin, require_positive)
     fixes += _long_texts(frame, ("query", "passage"), origin)
@@ -202,7 +202,7 @@ def read_tuples(
         _check_text(table, column, origin)
     frame = table[columns].astype(str).rename(columns={"negative": "negative_1"})
     if drop_duplicates:
-        frame, more = _drop_duplicates(frame, origin)
+        frame, more = drop_duplicate_rows(frame, origin)
         fixes += more
     fixes += _long_texts(frame, list(frame.columns), origin)
     return _finish(frame, origin, fixes, f"tuples ({len(negatives)} negatives each)")
@@ -450,7 +450,7 @@ def _conflicting_labels(frame: pd.DataFrame, origin: str) -> list[DataFix]:
     return [DataFix("conflicting_labels", len(conflicting), message, tuple(rows[:10]), False)]
 
 
-def _drop_duplicates(frame: pd.DataFrame, origin: str) -> tuple[pd.DataFrame, list[DataFix]]:
+def drop_duplicate_rows(frame: pd.DataFrame, origin: str) -> tuple[pd.DataFrame, list[DataFix]]:
     """Drop rows that repeat an earlier row exactly, counted with the rows they repeat."""
     repeated = frame.duplicated(keep="first")
     if not repeated.any():
