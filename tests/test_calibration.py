@@ -39,8 +39,9 @@ def scored(reranker):
     """ms-marco-MiniLM-L-12 raw scores: WikiQA train pairs to fit, test pairs held out."""
     fit_pairs, fit_labels = _wikiqa("train", 300)
     held_pairs, held_labels = _wikiqa("test", 300)
-    fit_scores = reranker.predict(fit_pairs, activation="identity")
-    held_scores = reranker.predict(held_pairs, activation="identity")
+    # In float64, as calibration fits: references fed float32 round differently (1e-7).
+    fit_scores = reranker.predict(fit_pairs, activation="identity").astype(np.float64)
+    held_scores = reranker.predict(held_pairs, activation="identity").astype(np.float64)
     return fit_scores, fit_labels, held_scores, held_labels
 
 
