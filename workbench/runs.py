@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,7 +191,9 @@ def write_folder_atomic(target: str | Path, write: Callable[[Path], object]) -> 
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    # Not `mkdtemp`: its owner-only mode would stay on the final folder.
+    staging = _temporary_name(target, "tmp")
+    staging.mkdir(mode=0o777)
     old = target.parent / f".{target.name}.old-{os.getpid()}"
     try:
         write(staging)
@@ -208,8 +210,14 @@ def write_folder_atomic(target: str | Path, write: Callable[[Path], object]) -> 
 
 
 def write_atomic(path: Path, text: str) -> Path:
-    """Write to a temporary file in the same folder, then rename over `path`."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """Write to a temporary file in the same folder, then rename over `path`.
+
+    A reader sees the old file or the complete new one; a failed write leaves the old one. The
+    file gets the mode a plain `open` gives (0o666 less the umask).
+    """
+    tmp = _temporary_name(Path(path), "tmp")
+    # Not `mkstemp`: its owner-only 0o600 would stay on the final file.
+    handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
@@ -243,6 +251,37 @@ def read_jsonl(path: Path) -> list[dict]:
                 continue
             raise ValueError(f"{path}, line {number}: invalid JSON ({err})") from err
     return records
+
+
+def drop_torn_tail(path: str | Path) -> bool:
+    """Cut a torn last line (no newline, not valid JSON) off a JSON-lines file.
+
+    Call it before appending to a file a killed process wrote: the next line would otherwise
+    be glued to the torn one and leave a malformed line in the middle, which `read_jsonl`
+    refuses. A complete last line that only lacks its newline gets one.
+
+    Returns:
+        Whether the file was changed.
+    """
+    path = Path(path)
+    data = path.read_bytes() if path.exists() else b""
+    if not data or data.endswith(b"\n"):
+        return False
+    keep = data.rfind(b"\n") + 1
+    try:
+        json.loads(data[keep:])
+    except ValueError:
+        logger.warning("Dropping a torn last line of %s (left by a stopped writer)", path)
+        os.truncate(path, keep)
+        return True
+    with open(path, "ab") as handle:
+        handle.write(b"\n")
+    return True
+
+
+def _temporary_name(path: Path, kind: str) -> Path:
+    """A fresh hidden name next to `path`, on the same file system (so a rename is atomic)."""
+    return path.with_name(f".{path.name}.{kind}-{secrets.token_hex(6)}")
 
 
 def _checkpoint_complete(path: Path) -> bool:

@@ -21,6 +21,7 @@ from transformers.trainer_utils import seed_worker
 
 from workbench.guardrails import BaselineFirstCallback, CollapseCallback
 from workbench.losses import BinaryCrossEntropyLoss
+from workbench.runs import drop_torn_tail
 from workbench.sampling import (
     DATASET_KEY,
     STRATEGIES,
@@ -90,6 +91,9 @@ class MetricsFileCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         # A resumed run starts counting throughput from its checkpoint's step.
         self.last_step = (state.global_step, time.time())
+        # A killed run may have left half a line; the resumed run's lines must not join it.
+        if state.is_world_process_zero:
+            drop_torn_tail(self.path)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
