@@ -160,7 +160,8 @@ def log_tail(folder: str | Path, lines: int = 25) -> str:
         handle.seek(max(0, path.stat().st_size - 64 * 1024))
         text = handle.read().decode("utf-8", errors="replace")
     # Progress bars rewrite one line with carriage returns: keep the last state of each.
-    rows = [row.rsplit("\r", 1)[-1] for row in text.splitlines()]
+    # (split on newlines only: splitlines() would also split at each carriage return)
+    rows = [row.rsplit("\r", 1)[-1] for row in text.rstrip("\n").split("\n")]
     return "\n".join(rows[-lines:])
 
 
