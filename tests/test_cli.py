@@ -1,13 +1,33 @@
-"""The command line: a small real run of the main job writes the whole run folder."""
+"""The command line: a small real run of the main job writes the whole run folder; a run
+killed in a real child process resumes to the step it was set to reach.
+"""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from workbench.cli import main
-from workbench.runs import read_jsonl
+from workbench.cli import EXIT_STOPPED, main
+from workbench.runs import last_checkpoint, read_jsonl, run_state
+
+REPO = Path(__file__).resolve().parents[1]
+# A job of seconds: 2-layer model with every layer frozen (only the head trains), 8 train
+# queries, 4 steps; evaluation and a checkpoint every 2 steps.
+TINY_JOB = [
+    *("--base-model", "minilm-l6-tiny", "--baseline-model", "minilm-l6-tiny"),
+    *("--max-train-queries", "8", "--dev-queries", "4", "--max-test-queries", "4"),
+    *("--first-stage-depth", "20", "--rerank-top-k", "5", "--dev-top-k", "5"),
+    *("--max-length", "64", "--batch-size", "4", "--freeze-layers", "2"),
+    *("--max-steps", "4", "--eval-steps", "2", "--precision", "fp32"),
+    "--no-cache-baseline-scores",
+]
 
 
 @pytest.mark.slow
@@ -122,3 +142,84 @@ def test_evaluate_scores_a_model_on_a_beir_folder(tmp_path, capsys):
     expected = sum(v["ndcg_cut_10"] for v in values.values()) / len(values)
     assert metrics["test_base_ndcg@10"] == pytest.approx(expected, abs=1e-9)
     assert 0.0 <= metrics["test_ndcg@10"] <= 1.0
+
+
+def _start_train(out: Path, log, *flags: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "workbench", "train", "--output-dir", str(out), *flags]
+    return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait_for_checkpoint(out: Path, process: subprocess.Popen, log_path: Path) -> Path:
+    """The first complete checkpoint of a running job (not one still being written)."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        found = last_checkpoint(out / "checkpoints")
+        if found is not None:
+            return found
+        if process.poll() is not None:
+            pytest.fail(f"train exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail("no checkpoint within 180 s")
+
+
+def test_train_killed_with_sigkill_resumes_to_the_configured_step(tmp_path):
+    out, log_path = tmp_path / "run", tmp_path / "train.log"
+    with open(log_path, "w") as log:
+        process = _start_train(out, log, *TINY_JOB)
+        _wait_for_checkpoint(out, process, log_path)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    # Nothing could write the end of the run: the folder still says running ...
+    assert json.loads((out / "status.json").read_text())["state"] == "running"
+    # ... and the dead pid tells it apart.
+    state = run_state(out)
+    assert state.state == "failed" and state.resumable
+    assert f"The training process (pid {process.pid}) ended without finishing" in state.error
+    assert state.error.endswith(f"resume from {state.last_checkpoint.name}.")
+    resumed_from = int(state.last_checkpoint.name.removeprefix("checkpoint-"))
+
+    # A kill can land mid-write too: half a metrics line, a newer checkpoint without its state.
+    before = len(read_jsonl(out / "metrics.jsonl"))
+    with open(out / "metrics.jsonl", "a") as metrics:
+        metrics.write('{"step": 3, "max_steps": 4, "epo')
+    (out / "checkpoints" / f"checkpoint-{resumed_from + 1}").mkdir()
+
+    with open(log_path, "a") as log:
+        flags = ("--config", str(out / "config.json"), "--resume")
+        assert _start_train(out, log, *flags).wait(timeout=300) == 0, log_path.read_text()
+    assert run_state(out).state == "finished"
+    events = read_jsonl(out / "metrics.jsonl")
+    trained = [e["step"] for e in events[before:] if "loss" in e]
+    assert trained and min(trained) > resumed_from  # went on from the checkpoint
+    assert max(e["step"] for e in events) == 4
+    final_state = json.loads(
+        (last_checkpoint(out / "checkpoints") / "trainer_state.json").read_text()
+    )
+    assert final_state["global_step"] == final_state["max_steps"] == 4
+    assert "Training steps: 4;" in (out / "report.md").read_text()
+    # The guardrails kept step 0's figures from the log: no false collapse, no lost baseline.
+    assert not any(e.get("eval_dev_collapsed") for e in events)
+    assert "eval_on_start is off" not in log_path.read_text()
+
+    from workbench import CrossEncoder
+
+    model = CrossEncoder(out / "final", max_length=64)
+    scores = model.predict([("Does BM25 rank passages?", "BM25 is a ranking function.")])
+    assert scores.shape == (1,) and np.isfinite(scores).all()
+
+
+def test_train_stopped_with_sigterm_exits_stopped_with_a_checkpoint(tmp_path):
+    out, log_path = tmp_path / "run", tmp_path / "train.log"
+    with open(log_path, "w") as log:
+        process = _start_train(out, log, *TINY_JOB)
+        _wait_for_checkpoint(out, process, log_path)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == EXIT_STOPPED, log_path.read_text()[-3000:]
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "stopped"
+    step = int(status["message"].removeprefix("stopped at step "))
+    state = run_state(out)
+    assert state.resumable and state.last_checkpoint.name == f"checkpoint-{step}"
+    assert f"Stopped (stopped at step {step}); continue with --resume." in log_path.read_text()

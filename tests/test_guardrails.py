@@ -30,13 +30,13 @@ def dev(job_data):
     return RerankingEvaluator(samples, name="dev")
 
 
-def _train(tmp_path, job_data, dev, learning_rate: float):
-    """4 steps of BCE on SciFact pairs from the tiny model, dev evaluations at steps 0, 2, 4."""
+def _train(tmp_path, job_data, dev, learning_rate: float, resume=None, **options):
+    """4 steps of BCE on SciFact pairs from the tiny model, dev evaluations at steps 0, 2, 4;
+    `options` override the training arguments, `resume` is a checkpoint to go on from."""
     set_seed(0)
     model = CrossEncoder("minilm-l6-tiny", max_length=96)
     start = {k: v.clone() for k, v in model.model.state_dict().items()}
-    args = training_args(
-        tmp_path,
+    values = dict(
         per_device_train_batch_size=8,
         learning_rate=learning_rate,
         lr_scheduler_type="constant",
@@ -46,6 +46,7 @@ def _train(tmp_path, job_data, dev, learning_rate: float):
         eval_on_start=True,
         metric_for_best_model="dev_ndcg@10",
     )
+    args = training_args(tmp_path, **(values | options))
     trainer = CrossEncoderTrainer(
         model,
         args,
@@ -55,7 +56,7 @@ def _train(tmp_path, job_data, dev, learning_rate: float):
         metrics_path=tmp_path / "metrics.jsonl",
         callbacks=[BaselineFirstCallback()],
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     evals = [e for e in trainer.state.log_history if "eval_dev_ndcg@10" in e]
     return trainer, model, start, evals
 
@@ -106,3 +107,37 @@ def test_baseline_first_needs_a_metric(tmp_path, job_data):
     )
     with pytest.raises(ValueError, match="needs a metric"):
         trainer.train()
+
+
+def test_guardrails_of_a_resumed_run_keep_the_step_0_reference(tmp_path, job_data, dev, caplog):
+    # lr 1 collapses the scores by step 2, so the starting model is best; a kill after the
+    # checkpoint at step 2 is the same as a first run of 2 steps.
+    options = dict(save_strategy="steps", save_steps=2, load_best_model_at_end=True)
+    first, _, _, evals = _train(tmp_path, job_data, dev, 1.0, max_steps=2, **options)
+    assert first.kept_start_model
+
+    # Resumed to step 4: step 0 is not evaluated again.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="workbench.guardrails"):
+        resumed, _, _, _ = _train(
+            tmp_path,
+            job_data,
+            dev,
+            1.0,
+            resume=tmp_path / "checkpoints" / "checkpoint-2",
+            eval_on_start=False,
+            **options,
+        )
+    assert resumed.state.global_step == 4
+    guards = [_callback(t, BaselineFirstCallback) for t in (first, resumed)]
+    assert guards[1].start_score == guards[0].start_score == evals[0]["eval_dev_ndcg@10"]
+    assert (guards[1].best_step, guards[1].best_score) == (0, guards[0].best_score)
+    assert _callback(resumed, CollapseCallback).start == _callback(first, CollapseCallback).start
+    assert "eval_on_start is off" not in caplog.text
+    # Its weights are gone: the resumed run says it ends on the best checkpoint instead.
+    assert "this run resumed from a checkpoint and no longer holds its weights" in caplog.text
+    assert not resumed.kept_start_model
+
+
+def _callback(trainer, kind):
+    return next(c for c in trainer.callback_handler.callbacks if isinstance(c, kind))

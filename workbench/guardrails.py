@@ -44,6 +44,16 @@ class CollapseCallback(TrainerCallback):
         self.start: dict[str, tuple[float, float]] = {}
         self.collapsed: list[tuple[int, str]] = []
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed run evaluated step 0 before its checkpoint: the figures are in its log.
+        for entry in state.log_history:
+            if entry.get("step") != 0:
+                continue
+            for key in [k for k in entry if k.endswith(_STD)]:
+                prefix = key[: -len(_STD)]
+                margin = entry.get(prefix + _MARGIN, math.nan)
+                self.start.setdefault(prefix, (entry[key], margin))
+
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         for key in [k for k in metrics or {} if k.endswith(_STD)]:
             prefix = key[: -len(_STD)]
@@ -90,6 +100,11 @@ class BaselineFirstCallback(TrainerCallback):
     the start, the final model is the starting model and `kept_start` is True
     (`CrossEncoderTrainer.kept_start_model` reports it).
 
+    A run resumed from a checkpoint takes the scores of earlier evaluations from the Trainer's
+    log; their weights are gone, so the Trainer's best checkpoint (`load_best_model_at_end`)
+    stands for them, and a starting model that stays best cannot be restored (a warning says
+    so).
+
     Args:
         metric: The metric to compare, with or without the `eval_` prefix; defaults to
             `args.metric_for_best_model`.
@@ -128,7 +143,10 @@ class BaselineFirstCallback(TrainerCallback):
         if self.greater_is_better is None:
             chosen = args.greater_is_better if self.metric == _eval(args) else None
             self.greater_is_better = chosen if chosen is not None else not metric.endswith("loss")
-        if not args.eval_on_start:
+        for entry in state.log_history if state.global_step > 0 else []:
+            if self.metric in entry:
+                self._record(entry["step"], entry[self.metric])
+        if not args.eval_on_start and self.start_score is None:
             logger.warning(
                 "eval_on_start is off, so the starting model is never evaluated and cannot be "
                 "kept. Set eval_on_start=True."
@@ -137,20 +155,33 @@ class BaselineFirstCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         if not metrics or self.metric not in metrics or model is None:
             return
-        value = metrics[self.metric]
-        if state.global_step == 0 and self.start_score is None:
-            self.start_score = value
-        elif state.global_step > 0 and (
-            self.best_trained_score is None or self._better(value, self.best_trained_score)
-        ):
-            self.best_trained_score = value
-        if self.best_score is None or self._better(value, self.best_score):
-            self.best_score, self.best_step = value, state.global_step
+        if self._record(state.global_step, metrics[self.metric]):
             self._weights = {
                 k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
             }
 
+    def _record(self, step: int, value: float) -> bool:
+        """Note one evaluation; True when it is the new best."""
+        if step == 0 and self.start_score is None:
+            self.start_score = value
+        elif step > 0 and (
+            self.best_trained_score is None or self._better(value, self.best_trained_score)
+        ):
+            self.best_trained_score = value
+        if self.best_score is None or self._better(value, self.best_score):
+            self.best_score, self.best_step = value, step
+            return True
+        return False
+
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self._weights is None and self.best_step == 0:
+            logger.warning(
+                "The starting model scored best on %s (%.4f at step 0), but this run resumed "
+                "from a checkpoint and no longer holds its weights; the final model is the best "
+                "checkpoint. Train again without resuming to keep the starting model.",
+                self.metric,
+                self.start_score,
+            )
         if self._weights is None or model is None:
             return
         model.load_state_dict(self._weights)

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import random
 import signal
 import threading
@@ -26,7 +25,6 @@ import datasets
 import numpy as np
 import torch
 from transformers import TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from workbench import losses as loss_classes
 from workbench.data import BeirData, load_beir, scifact_path
@@ -39,7 +37,7 @@ from workbench.job_files import first_stage_runs, judged_queries, load_rows, spl
 from workbench.losses import recommend_losses
 from workbench.model import CrossEncoder
 from workbench.retrieval import BM25Retriever
-from workbench.runs import RunFolder
+from workbench.runs import RunFolder, last_checkpoint, process_record, write_folder_atomic
 from workbench.trainer import CrossEncoderTrainer, StopCallback
 
 logger = logging.getLogger(__name__)
@@ -152,7 +150,7 @@ def run_job(
     run = RunFolder(output_dir)
     (run.root / STOP_FILE).unlink(missing_ok=True)
     stop = StopCallback(run.root / STOP_FILE)
-    _status(run, "running", started=time.time(), pid=os.getpid())
+    _status(run, "running", started=time.time(), **process_record())
     try:
         with _stop_on_signals(stop):
             results = _run_stages(config, run, stop, resume)
@@ -168,9 +166,10 @@ def run_job(
 
 
 def _last_checkpoint(run: RunFolder) -> str | None:
-    found = get_last_checkpoint(run.checkpoints) if run.checkpoints.exists() else None
+    # The newest *complete* one: a kill while saving leaves a newer checkpoint without its state.
+    found = last_checkpoint(run.checkpoints)
     logger.info("Resuming from %s", found or "scratch (no checkpoint yet)")
-    return found
+    return str(found) if found else None
 
 
 def _status(run: RunFolder, state: str, **fields) -> None:
@@ -227,7 +226,8 @@ def _run_stages(
         trainer.train(resume_from_checkpoint=checkpoint)
         if stop.requested:
             raise RunStopped(f"stopped at step {trainer.state.global_step}")
-        model.save_pretrained(run.final_model)
+        # Into a staging folder first: a kill while saving leaves no half-written final/.
+        write_folder_atomic(run.final_model, model.save_pretrained)
 
     with _stage(timings, "final evaluation", run):
         first_stage_scores = _first_stage_scores(test)
@@ -253,7 +253,7 @@ def _run_stages(
 def _stage(timings: dict[str, float], name: str, run: RunFolder | None = None):
     logger.info("Stage %d: %s", len(timings) + 1, name)
     if run is not None:
-        _status(run, "running", stage=name, stage_started=time.time(), pid=os.getpid())
+        _status(run, "running", stage=name, stage_started=time.time(), **process_record())
     start = time.time()
     yield
     timings[name] = round(time.time() - start, 1)
