@@ -1,0 +1,351 @@
+"""The workbench against sentence-transformers' CrossEncoder stack on the same model, data,
+hyperparameters and machine, in one run: training, reranking and growth with data size.
+
+Run by hand: `python benchmarks/vs_sentence_transformers.py [--quick] [--parts train,rerank]`.
+Every measurement runs in its own process (peak RSS is its own). DL19 is read from the shared
+data folder. `--quick` trains 40 steps, tests on 60 SciFact claims, scores 1,000 pairs per set
+and grows to 4k pairs (say so when reporting). Prints Markdown tables; writes JSON to --output.
+
+- train: the main job's recipe (ms-marco-MiniLM-L-12-v2, bottom 8 layers frozen, BCE with
+  pos_weight 3, lr 3e-5, batch 16, 256 tokens, one epoch of SciFact train pairs with 3 BM25
+  negatives), fp32 and bf16, then nDCG@10 of the result on SciFact test (BM25 top-30);
+- rerank: SciFact test BM25 top-30 and TREC DL 2019 top-100 with the L-12 reranker; scores of
+  both libraries compared in fp32; our bf16 and ONNX int8 paths with their ranking agreement;
+- growth: all-MiniLM-L6-v2 (2 layers) training time and peak RSS at growing data sizes, and
+  scoring time at 1, 10 and 100 candidates per query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+MODEL = "ms-marco-minilm-l12"
+FROZEN = 8
+
+
+# Data
+
+
+def train_pairs():
+    from workbench.job import JobConfig, prepare_data, training_pairs
+
+    data = prepare_data(JobConfig(max_test_queries=1))
+    return training_pairs(data, 3).shuffle(seed=12)
+
+
+def scifact_candidates(limit: int | None):
+    """SciFact test claims' BM25 top-30 as an evaluator (and its pairs)."""
+    from workbench.data import load_beir, scifact_path
+    from workbench.evaluation.reranking import RerankingEvaluator, build_samples
+    from workbench.retrieval import BM25Retriever
+
+    test = load_beir(scifact_path(), "test")
+    queries = {q: test.queries[q] for q in sorted(test.queries)[:limit]}
+    hits = BM25Retriever(test.corpus).search(list(queries.values()), top_k=30)
+    runs = dict(zip(queries, hits, strict=True))
+    return RerankingEvaluator(build_samples(queries, test.qrels, test.corpus, runs, top_k=30))
+
+
+def dl19_pairs() -> list[tuple[str, str]]:
+    from workbench.evaluation import BeirSet
+
+    folder = SHARED / "trec-dl-2019-passage"
+    dl19 = BeirSet.from_folder(folder, relevance_level=2, run_file=folder / "bm25_top100.tsv")
+    return [
+        (dl19.data.queries[q], dl19.data.corpus[d])
+        for q, run in dl19.run.items()
+        for d, _ in run[:100]
+    ]
+
+
+def evaluator_pairs(evaluator) -> list[tuple[str, str]]:
+    return [(s.query, text) for s in evaluator.samples for _, text, _ in s.candidates]
+
+
+# Measurements (one per process)
+
+
+def measure_train(system: str, precision: str, steps: int | None, test_limit: int | None) -> dict:
+    pairs = train_pairs()
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        train = _train_workbench if system == "workbench" else _train_st
+        model, runtime, done = train(pairs, precision, steps, folder)
+        wall = time.perf_counter() - start
+    evaluator = scifact_candidates(test_limit)
+    if system == "workbench":
+        scores = evaluator.score(model)
+    else:
+        scores = _split(model.predict(evaluator_pairs(evaluator), batch_size=32), evaluator)
+    metrics = evaluator.compute(scores)
+    return {
+        "part": "train",
+        "system": system,
+        "precision": precision,
+        "pairs": done * 16,
+        "pairs_per_s": round(done * 16 / runtime, 2),
+        "train_s": round(runtime, 1),
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": _peak_rss_mb(),
+        "ndcg@10": round(metrics["ndcg@10"], 4),
+        "test_queries": len(evaluator.samples),
+    }
+
+
+def _args(precision: str, steps: int | None, folder: str, cls):
+    import torch
+
+    return cls(
+        output_dir=folder,
+        num_train_epochs=1,
+        max_steps=steps or -1,
+        per_device_train_batch_size=16,
+        learning_rate=3e-5,
+        warmup_ratio=0.1,
+        weight_decay=0.01,
+        bf16=precision == "bf16",
+        use_cpu=not torch.cuda.is_available(),
+        save_strategy="no",
+        logging_steps=10,
+        seed=12,
+        report_to="none",
+        disable_tqdm=True,
+    )
+
+
+def _train_workbench(pairs, precision, steps, folder):
+    from transformers import TrainingArguments
+
+    from workbench import BinaryCrossEntropyLoss, CrossEncoder, CrossEncoderTrainer
+    from workbench.job import freeze_bottom_layers
+
+    model = CrossEncoder(MODEL, max_length=256)
+    freeze_bottom_layers(model, FROZEN)
+    args = _args(precision, steps, folder, TrainingArguments)
+    loss = BinaryCrossEntropyLoss(model, pos_weight=3.0)
+    trainer = CrossEncoderTrainer(model, args, train_dataset=pairs, loss=loss)
+    output = trainer.train()
+    return model, output.metrics["train_runtime"], trainer.state.global_step
+
+
+def _train_st(pairs, precision, steps, folder):
+    import torch
+    from sentence_transformers.cross_encoder import CrossEncoder as StCrossEncoder
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer as StTrainer
+    from sentence_transformers.cross_encoder import (
+        CrossEncoderTrainingArguments,
+    )
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss as StBCE
+
+    from workbench import embedded
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = StCrossEncoder(embedded.resolve(MODEL)[0], max_length=256, device=device)
+    base = model.model.base_model
+    for module in [base.embeddings, *base.encoder.layer[:FROZEN]]:
+        module.requires_grad_(False)
+    args = _args(precision, steps, folder, CrossEncoderTrainingArguments)
+    loss = StBCE(model, pos_weight=torch.tensor(3.0))
+    trainer = StTrainer(model=model, args=args, train_dataset=pairs, loss=loss)
+    output = trainer.train()
+    return model, output.metrics["train_runtime"], trainer.state.global_step
+
+
+def _split(scores, evaluator) -> list[np.ndarray]:
+    """Flat scores back into one array per query, in the evaluator's candidate order."""
+    split, start = [], 0
+    for sample in evaluator.samples:
+        split.append(np.asarray(scores[start : start + len(sample.candidates)]))
+        start += len(sample.candidates)
+    return split
+
+
+def measure_rerank(system: str, precision: str, dataset: str, limit: int | None) -> dict:
+    pairs = (evaluator_pairs(scifact_candidates(None)) if dataset == "scifact" else dl19_pairs())[
+        :limit
+    ]
+    if system == "workbench":
+        from workbench import CrossEncoder
+
+        model = CrossEncoder(MODEL, max_length=256)
+        score = lambda texts: model.predict(  # noqa: E731
+            texts, batch_size=32, precision=precision, show_progress_bar=False
+        )
+    elif system == "workbench-onnx-int8":
+        from workbench import CrossEncoder
+        from workbench.onnx import OnnxCrossEncoder, export_onnx
+
+        folder = Path(tempfile.mkdtemp())
+        export_onnx(CrossEncoder(MODEL, max_length=256), folder)
+        model = OnnxCrossEncoder(folder, quantized=True)
+        score = lambda texts: model.predict(texts, batch_size=32, show_progress_bar=False)  # noqa: E731
+    else:
+        from sentence_transformers.cross_encoder import CrossEncoder as StCrossEncoder
+
+        from workbench import embedded
+
+        model = StCrossEncoder(embedded.resolve(MODEL)[0], max_length=256, device="cpu")
+        score = lambda texts: model.predict(texts, batch_size=32, show_progress_bar=False)  # noqa: E731
+    score(pairs[:8])
+    start = time.perf_counter()
+    scores = np.asarray(score(pairs), dtype=np.float64)
+    seconds = time.perf_counter() - start
+    out = Path(tempfile.gettempdir()) / f"rerank-{system}-{precision}-{dataset}.npy"
+    np.save(out, scores)
+    return {
+        "part": "rerank",
+        "system": system,
+        "precision": precision,
+        "set": dataset,
+        "pairs": len(pairs),
+        "seconds": round(seconds, 1),
+        "pairs_per_s": round(len(pairs) / seconds, 2),
+        "peak_rss_mb": _peak_rss_mb(),
+        "scores": str(out),
+    }
+
+
+def measure_growth(size: int, candidates: int) -> dict:
+    """Training (1 epoch of `size` WikiQA pairs) or scoring `candidates` per query."""
+    import datasets
+    import torch
+    from transformers import TrainingArguments
+
+    from workbench import CrossEncoder, CrossEncoderTrainer
+
+    rows = datasets.load_dataset(
+        "json", data_files=str(SHARED / "wikiqa" / "train.jsonl"), split="train"
+    ).select_columns(["query", "passage", "label"])
+    rows = rows.select(range(min(size, len(rows))))
+    model = CrossEncoder("minilm-l6-tiny", max_length=64)
+    start = time.perf_counter()
+    if candidates == 0:
+        with tempfile.TemporaryDirectory() as folder:
+            args = TrainingArguments(
+                output_dir=folder,
+                per_device_train_batch_size=32,
+                num_train_epochs=1,
+                save_strategy="no",
+                report_to="none",
+                disable_tqdm=True,
+                use_cpu=not torch.cuda.is_available(),
+            )
+            CrossEncoderTrainer(model, args, train_dataset=rows).train()
+    else:
+        queries = list(dict.fromkeys(rows["query"]))[: max(1, size // candidates)]
+        passages = rows["passage"][:candidates]
+        model.predict([(q, p) for q in queries for p in passages], show_progress_bar=False)
+    return {
+        "part": "growth",
+        "rows": len(rows),
+        "candidates": candidates,
+        "seconds": round(time.perf_counter() - start, 1),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def _peak_rss_mb() -> int:
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale)
+
+
+# Driver
+
+
+def cases(parts: list[str], quick: bool) -> list[list[str]]:
+    steps, test = ("40", "60") if quick else ("0", "0")
+    limit = "1000" if quick else "0"
+    found = []
+    if "train" in parts:
+        for precision in ("fp32", "bf16"):
+            for system in ("workbench", "sentence-transformers"):
+                found.append(["train", system, precision, steps, test])
+    if "rerank" in parts:
+        for dataset in ("scifact", "dl19"):
+            for system, precision in (
+                ("workbench", "fp32"),
+                ("sentence-transformers", "fp32"),
+                ("workbench", "bf16"),
+                ("workbench-onnx-int8", "fp32"),
+            ):
+                found.append(["rerank", system, precision, dataset, limit])
+    if "growth" in parts:
+        sizes = (1000, 2000, 4000) if quick else (1000, 5000, 20000)
+        found += [["growth", str(size), "0"] for size in sizes]
+        found += [["growth", "1000", str(c)] for c in (1, 10, 100)]
+    return found
+
+
+def run_one(case: list[str]) -> dict:
+    part, *rest = case
+    if part == "train":
+        system, precision, steps, test = rest
+        return measure_train(system, precision, int(steps) or None, int(test) or None)
+    if part == "rerank":
+        system, precision, dataset, limit = rest
+        return measure_rerank(system, precision, dataset, int(limit) or None)
+    return measure_growth(int(rest[0]), int(rest[1]))
+
+
+def agreement(results: list[dict]) -> None:
+    """Add max |score difference| to sentence-transformers and top-10 agreement per set."""
+    for row in results:
+        if row["part"] != "rerank" or row["system"] == "sentence-transformers":
+            continue
+        reference = next(
+            r for r in results
+            if r["part"] == "rerank" and r["set"] == row["set"]
+            and r["system"] == "sentence-transformers"
+        )  # fmt: skip
+        ours, theirs = np.load(row["scores"]), np.load(reference["scores"])
+        row["max_abs_diff"] = float(np.max(np.abs(ours - theirs)))
+        width = 30 if row["set"] == "scifact" else 100
+        starts = range(0, len(ours) - width + 1, width)
+        same = [_top10(ours, i, width) == _top10(theirs, i, width) for i in starts]
+        row["same_top10_share"] = round(float(np.mean(same)), 3) if same else None
+
+
+def _top10(scores: np.ndarray, start: int, width: int) -> set[int]:
+    return set(np.argsort(-scores[start : start + width])[:10].tolist())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--parts", default="train,rerank,growth")
+    parser.add_argument("--output", default="runs/vs_sentence_transformers.json")
+    parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one)))
+        return
+
+    results = []
+    for case in cases(args.parts.split(","), args.quick):
+        done = subprocess.run(
+            [sys.executable, __file__, "--one", *case], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            print(json.dumps({"case": case, "error": done.stderr[-2000:]}), flush=True)
+            continue
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), flush=True)
+    agreement(results)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps({"quick": args.quick, "results": results}, indent=2))
+    for row in results:
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
