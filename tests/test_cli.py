@@ -108,6 +108,16 @@ def test_missing_data_folder_is_a_clean_error(tmp_path, capsys):
     assert status["state"] == "failed" and "FileNotFoundError" in status["error"]
 
 
+def test_train_error_and_status_never_show_a_hub_token(tmp_path, capsys):
+    token = "hf_" + "Xq7RkP2vLm9TzW4bNc8YdJ5sHf3GaU6eKo"
+    out = tmp_path / "r"
+    code = main(["train", "--output-dir", str(out), "--data", str(tmp_path / token)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "***" in err and token not in err
+    assert token not in (out / "status.json").read_text()
+
+
 def test_evaluate_scores_a_model_on_a_beir_folder(tmp_path, capsys):
     from tests.conftest import shared_data
 

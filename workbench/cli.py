@@ -15,6 +15,7 @@ import typing
 from pathlib import Path
 
 from workbench.job import JobConfig, RunStopped, format_table, run_job
+from workbench.security import install_log_redaction, scrub_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # The log often lands in a run folder (the dashboard's train.log): no token may reach it.
+    install_log_redaction()
     if args.command is None:
         args = parser.parse_args(["train", *(argv or [])])
     try:
         return args.handler(args)
     except (ValueError, FileNotFoundError, ImportError, PermissionError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {scrub_secrets(str(err))}", file=sys.stderr)
         return 2
 
 

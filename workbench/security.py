@@ -19,7 +19,9 @@ DEFAULT_MAX_UPLOAD_MB = 200
 SAMPLES_ROOT = Path(__file__).resolve().parent / "samples"
 
 # Hugging Face user and org tokens ("hf_" + 34 letters and digits; older "api_org_" ones).
-_TOKEN = re.compile(r"\b(?:hf|api_org)_[A-Za-z0-9]{20,}\b")
+# Not `\b`: an underscore next to the token (`HF_TOKEN_hf_...`, `hf_..._backup`) is a word
+# character, so `\b` would let a token through.
+_TOKEN = re.compile(r"(?<![A-Za-z0-9])(?:hf|api_org)_[A-Za-z0-9]{20,}")
 # Keys whose values are secrets: `token`, `hub_token`, `password`, ... (not `max_tokens`).
 _SECRET_KEY = re.compile(
     r"(^|_)(token|password|passwd|secret|api_key|apikey|authorization)$", re.IGNORECASE
