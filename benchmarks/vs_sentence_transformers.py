@@ -111,7 +111,7 @@ def _args(precision: str, steps: int | None, folder: str, cls):
         max_steps=steps or -1,
         per_device_train_batch_size=16,
         learning_rate=3e-5,
-        warmup_ratio=0.1,
+        warmup_steps=0.1,  # a float is a share of the steps in transformers 5
         weight_decay=0.01,
         bf16=precision == "bf16",
         use_cpu=not torch.cuda.is_available(),
@@ -171,6 +171,8 @@ def _split(scores, evaluator) -> list[np.ndarray]:
 
 
 def measure_rerank(system: str, precision: str, dataset: str, limit: int | None) -> dict:
+    import torch
+
     pairs = (evaluator_pairs(scifact_candidates(None)) if dataset == "scifact" else dl19_pairs())[
         :limit
     ]
@@ -194,7 +196,8 @@ def measure_rerank(system: str, precision: str, dataset: str, limit: int | None)
 
         from workbench import embedded
 
-        model = StCrossEncoder(embedded.resolve(MODEL)[0], max_length=256, device="cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = StCrossEncoder(embedded.resolve(MODEL)[0], max_length=256, device=device)
         score = lambda texts: model.predict(texts, batch_size=32, show_progress_bar=False)  # noqa: E731
     score(pairs[:8])
     start = time.perf_counter()
