@@ -121,3 +121,103 @@ def test_reranker_head_can_be_replaced_with_more_labels():
 
 def test_plain_encoder_with_two_labels_keeps_two():
     assert CrossEncoder("minilm-l6-tiny", num_labels=2).num_labels == 2
+
+
+# Loading bad inputs
+
+
+@pytest.mark.parametrize("typed", ["{tmp}/runs/scifact/final", "./final", "runs/scifact/final"])
+def test_missing_model_folder_is_a_clear_error(tmp_path, monkeypatch, typed):
+    monkeypatch.chdir(tmp_path)
+    typed = typed.format(tmp=tmp_path)
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"^Model folder '{typed}' does not exist\. Pass an existing folder with "
+        r"config\.json, a hub id, or an embedded model \(minilm-l6, .*minilm-l6-tiny",
+    ):
+        CrossEncoder(typed)
+
+
+def test_hub_id_while_offline_says_so_and_names_the_embedded_models():
+    from transformers.utils.hub import is_offline_mode
+
+    assert is_offline_mode()  # tests/conftest.py sets HF_HUB_OFFLINE=1
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"^'workbench-tests/no-such-reranker' is not an embedded model or a local folder, "
+        r"and the Hugging Face hub is offline \(HF_HUB_OFFLINE=1\) with no copy in the local hub "
+        r"cache\. Use an embedded model \(minilm-l6, ms-marco-minilm-l12, minilm-l6-tiny",
+    ):
+        CrossEncoder("workbench-tests/no-such-reranker")
+
+
+@pytest.fixture
+def pickle_only(tmp_path, tiny_model):
+    """The tiny model with its weights in `pytorch_model.bin` only (transformers 5 writes
+    safetensors whatever `safe_serialization` says, so the pickle is written by torch)."""
+    folder = tmp_path / "pickled"
+    tiny_model.save_pretrained(folder)
+    torch.save(tiny_model.model.state_dict(), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    return folder
+
+
+def test_pickle_only_weights_are_refused_unless_allowed(pickle_only, tiny_model):
+    with pytest.raises(
+        ValueError,
+        match=r"holds its weights only in pickle format \(pytorch_model\.bin\), and loading a "
+        r"pickle can run any code it carries\. .* or pass allow_pickle=True if you trust",
+    ):
+        CrossEncoder(pickle_only)
+    loaded = CrossEncoder(pickle_only, allow_pickle=True)
+    pairs = [(BERLIN, PASSAGES[0])]
+    np.testing.assert_allclose(loaded.predict(pairs), tiny_model.predict(pairs), atol=1e-6)
+
+
+def _with_own_code(folder, tiny_model, model_type: str, marker):
+    """A saved tiny model whose config.json points at code in the folder; the code leaves
+    `marker` behind when it runs."""
+    import json
+
+    tiny_model.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = model_type
+    config["auto_map"] = {
+        "AutoConfig": "reranker_code.RerankerConfig",
+        "AutoModelForSequenceClassification": "reranker_code.RerankerModel",
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "reranker_code.py").write_text(
+        "from pathlib import Path\n"
+        "from transformers import BertConfig, BertForSequenceClassification\n"
+        f"Path({str(marker)!r}).write_text('ran')\n\n\n"
+        "class RerankerConfig(BertConfig):\n"
+        f"    model_type = {model_type!r}\n\n\n"
+        "class RerankerModel(BertForSequenceClassification):\n"
+        "    config_class = RerankerConfig\n"
+    )
+    return folder
+
+
+def test_model_that_needs_its_own_code_is_refused_unless_trusted(tmp_path, tiny_model):
+    marker = tmp_path / "code-ran"
+    folder = _with_own_code(tmp_path / "custom-reranker", tiny_model, "wb-reranker", marker)
+    with pytest.raises(
+        ValueError,
+        match=r"needs its own Python code to load \(reranker_code\.RerankerConfig, "
+        r"reranker_code\.RerankerModel in config\.json auto_map\), and remote code is off: .* "
+        r"then pass trust_remote_code=True to allow it\.",
+    ):
+        CrossEncoder(folder)
+    assert not marker.exists()
+    model = CrossEncoder(folder, trust_remote_code=True)
+    assert marker.exists() and type(model.model).__name__ == "RerankerModel"
+
+
+def test_model_code_next_to_a_built_in_type_is_not_run(tmp_path, tiny_model, caplog):
+    marker = tmp_path / "code-ran"
+    folder = _with_own_code(tmp_path / "bert-with-code", tiny_model, "bert", marker)
+    model = CrossEncoder(folder)
+    assert not marker.exists()
+    assert type(model.model).__name__ == "BertForSequenceClassification"
+    assert "ships its own model code (auto_map in config.json), which was not run" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    CONFIG_MAPPING,
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
+from transformers.utils.hub import is_offline_mode
 
 from workbench import embedded
 from workbench.calibration import Calibration
@@ -28,6 +35,8 @@ _ACTIVATIONS = {
 _PROGRESS_MIN_PAIRS = 256
 # Pairs tokenized at a time to measure lengths (bounded memory for long inputs).
 _LENGTH_CHUNK = 4096
+# Weight files in pickle format: loading one can run arbitrary code.
+_PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 
 class Reranker:
@@ -251,6 +260,14 @@ class CrossEncoder(Reranker):
             else sigmoid for one label and identity otherwise.
         device: `"cuda"`, `"mps"` or `"cpu"`; picked automatically when None.
         trust_remote_code: Allow code from the model repository to run.
+        allow_pickle: Allow weights in pickle format (`pytorch_model.bin`), which can run code
+            when loaded; by default only safetensors weights load.
+
+    Raises:
+        FileNotFoundError: If the folder does not exist (or has no config.json), or a hub id
+            is asked for while the hub is offline and not in the local cache.
+        ValueError: If the weights are pickle only and `allow_pickle` is off, or the model needs
+            its own code and `trust_remote_code` is off.
 
     Example:
         >>> model = CrossEncoder("ms-marco-minilm-l12")
@@ -266,11 +283,14 @@ class CrossEncoder(Reranker):
         activation: str | None = None,
         device: str | None = None,
         trust_remote_code: bool = False,
+        allow_pickle: bool = False,
     ) -> None:
         # Model
         self.name_or_path = str(name_or_path)
         path, overrides = _resolve_path(self.name_or_path)
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        _check_weight_files(path, allow_pickle=allow_pickle)
+        _check_remote_code(path, trust_remote_code=trust_remote_code)
+        config = _load_config(path, self.name_or_path, trust_remote_code)
         for key, value in overrides.items():
             setattr(config, key, value)
         has_head = _has_classification_head(config)
@@ -287,6 +307,8 @@ class CrossEncoder(Reranker):
             trust_remote_code=trust_remote_code,
             # A head of another size is replaced by a fresh one.
             ignore_mismatched_sizes=new_head,
+            # None: safetensors when there, else pickle; True refuses pickle (hub ids too).
+            use_safetensors=None if allow_pickle else True,
         )
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
@@ -372,11 +394,83 @@ class CrossEncoder(Reranker):
 def _resolve_path(name_or_path: str) -> tuple[str, dict]:
     if name_or_path in embedded.EMBEDDED_MODELS:
         return embedded.resolve(name_or_path)
-    if Path(name_or_path).exists() and not Path(name_or_path, "config.json").exists():
+    path = Path(name_or_path).expanduser()
+    if path.exists() and not (path / "config.json").exists():
         raise FileNotFoundError(
             f"{name_or_path!r} is a folder without config.json: not a Hugging Face checkpoint."
         )
-    return name_or_path, {}
+    if not path.exists() and _looks_like_path(name_or_path):
+        raise FileNotFoundError(
+            f"Model folder {name_or_path!r} does not exist. Pass an existing folder with "
+            f"config.json, a hub id, or an embedded model ({_embedded_names()})."
+        )
+    return str(path) if path.exists() else name_or_path, {}
+
+
+def _looks_like_path(name: str) -> bool:
+    """A folder path rather than a hub id (`org/name` has at most one slash)."""
+    return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
+
+
+def _embedded_names() -> str:
+    return ", ".join(embedded.EMBEDDED_MODELS)
+
+
+def _load_config(path: str, name: str, trust_remote_code: bool):
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        if Path(path).is_dir() or not is_offline_mode():
+            raise
+        raise FileNotFoundError(
+            f"{name!r} is not an embedded model or a local folder, and the Hugging Face hub is "
+            "offline (HF_HUB_OFFLINE=1) with no copy in the local hub cache. Use an embedded "
+            f"model ({_embedded_names()}) or a local folder with config.json; or unset "
+            "HF_HUB_OFFLINE where the hub can be reached."
+        ) from err
+
+
+def _check_weight_files(path: str, *, allow_pickle: bool) -> None:
+    """Refuse a local folder whose weights are only in pickle format, unless allowed."""
+    folder = Path(path)
+    if allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for pattern in _PICKLE_WEIGHTS for p in folder.glob(pattern))
+    if pickles:
+        raise ValueError(
+            f"{path!r} holds its weights only in pickle format ({', '.join(pickles)}), and "
+            "loading a pickle can run any code it carries. Use safetensors weights (load the "
+            "folder once with allow_pickle=True where that is safe, then save_pretrained it), "
+            "or pass allow_pickle=True if you trust where the file came from."
+        )
+
+
+def _check_remote_code(path: str, *, trust_remote_code: bool) -> None:
+    """Refuse a local model that needs its own Python code, unless that code is trusted."""
+    config_file = Path(path, "config.json")
+    if trust_remote_code or not config_file.is_file():
+        return
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError:
+        return  # transformers reports a broken config.json itself
+    auto_map = config.get("auto_map") or {}
+    if not auto_map:
+        return
+    if config.get("model_type") in CONFIG_MAPPING:
+        logger.warning(
+            "%s ships its own model code (auto_map in config.json), which was not run: the "
+            "built-in %r classes load it. Pass trust_remote_code=True to run that code instead.",
+            path,
+            config.get("model_type"),
+        )
+        return
+    code = sorted({v for v in auto_map.values() if isinstance(v, str)})
+    raise ValueError(
+        f"{path!r} needs its own Python code to load ({', '.join(code)} in config.json "
+        "auto_map), and remote code is off: it would run with your permissions. Read the code, "
+        "then pass trust_remote_code=True to allow it."
+    )
 
 
 def _has_classification_head(config) -> bool:
