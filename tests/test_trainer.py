@@ -123,6 +123,28 @@ def test_resume_from_checkpoint_continues_step_count(pairs, tmp_path):
     assert resumed.state.global_step == 4
 
 
+def test_stop_file_ends_training_with_a_checkpoint_at_that_step(pairs, tmp_path):
+    from workbench.runs import last_checkpoint
+    from workbench.trainer import StopCallback
+
+    # The dashboard's Stop button writes this file; the run stops at the end of its step.
+    (tmp_path / "STOP").write_text("")
+    stop = StopCallback(tmp_path / "STOP")
+    args = _args(
+        tmp_path,
+        save_steps=100,
+        eval_strategy="no",
+        load_best_model_at_end=False,
+        eval_on_start=False,
+    )
+    model = CrossEncoder("minilm-l6-tiny", max_length=64)
+    trainer = CrossEncoderTrainer(model, args, train_dataset=pairs, callbacks=[stop])
+    trainer.train()
+    assert stop.requested and not stop.training
+    assert trainer.state.global_step == 1
+    assert last_checkpoint(tmp_path / "checkpoints") == tmp_path / "checkpoints" / "checkpoint-1"
+
+
 def test_loss_rejects_a_dataset_of_another_format_before_training(tiny_model, tmp_path):
     import datasets
 
