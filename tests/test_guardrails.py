@@ -141,3 +141,50 @@ def test_guardrails_of_a_resumed_run_keep_the_step_0_reference(tmp_path, job_dat
 
 def _callback(trainer, kind):
     return next(c for c in trainer.callback_handler.callbacks if isinstance(c, kind))
+
+
+def test_diverging_learning_rate_stops_the_job_and_keeps_the_last_good_checkpoint(tmp_path):
+    from workbench.guardrails import TrainingDiverged
+    from workbench.job import run_job
+    from workbench.runs import last_checkpoint, run_state
+
+    config = JobConfig(
+        base_model="minilm-l6-tiny",
+        baseline_model="minilm-l6-tiny",
+        max_train_queries=30,
+        dev_queries=6,
+        max_test_queries=3,
+        max_length=48,
+        freeze_layers=0,
+        batch_size=8,
+        learning_rate=1e5,
+        max_steps=12,
+        eval_steps=2,
+    )
+    with pytest.raises(TrainingDiverged, match=r"became nan at step \d+.*Lower the learning rate"):
+        run_job(config, tmp_path)
+
+    state = run_state(tmp_path)
+    assert state.state == "failed" and "Last good checkpoint: checkpoint-" in state.error
+    assert not (tmp_path / "final").exists()
+    events = [e for e in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in e]
+    stopped_at = int(state.error.split("at step ")[1].split(" ")[0])
+    assert stopped_at < 12 and len(events) == stopped_at
+    kept = last_checkpoint(tmp_path / "checkpoints")
+    assert int(kept.name.split("-")[1]) < stopped_at
+    weights = CrossEncoder(str(kept)).model.state_dict().values()
+    assert all(torch.isfinite(w).all() for w in weights)
+
+
+def test_out_of_memory_in_training_ends_with_batch_size_advice():
+    from workbench.job import _train_with_advice
+
+    class OutOfMemoryTrainer:
+        """Stands in for a trainer on a device that runs out of memory (none here)."""
+
+        def train(self, resume_from_checkpoint=None):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    config = JobConfig(batch_size=32, max_length=512)
+    with pytest.raises(MemoryError, match=r"batch size 32 .*lower batch_size \(e.g. 16\)"):
+        _train_with_advice(OutOfMemoryTrainer(), None, config)

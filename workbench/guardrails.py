@@ -1,6 +1,6 @@
-"""Training guardrails, as Trainer callbacks: score-collapse detection at each evaluation, and
-the baseline-first rule (the final model is never worse than the best evaluation, the starting
-model's included).
+"""Training guardrails, as Trainer callbacks: a stop on a non-finite training loss, score-collapse
+detection at each evaluation, and the baseline-first rule (the final model is never worse than
+the best evaluation, the starting model's included).
 """
 
 from __future__ import annotations
@@ -16,6 +16,51 @@ _STD = "score_std"
 _MARGIN = "score_margin"
 # A start margin below this share of the start spread is noise (a fresh head), not separation.
 _CLEAR_MARGIN = 0.1
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the run stopped before saving those weights."""
+
+
+class DivergenceCallback(TrainerCallback):
+    """Stop training at the first step whose loss is NaN or infinite, without saving it.
+
+    The trainer reports each training step's loss through `record(loss)`; the check costs one
+    device sync per step (transformers' own NaN filter already pays it). After the stop,
+    `diverged` holds the step and the loss, and checkpoints written before it stay as they were.
+    """
+
+    def __init__(self) -> None:
+        self.diverged: dict | None = None
+        self._bad_loss: float | None = None
+
+    def record(self, loss) -> None:
+        value = float(loss.detach())
+        if self.diverged is None and not math.isfinite(value):
+            self._bad_loss = value
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._bad_loss is None or self.diverged is not None:
+            return
+        self.diverged = {"step": state.global_step, "loss": self._bad_loss}
+        control.should_training_stop = True
+        # Weights after a NaN step are NaN: no checkpoint or evaluation of them.
+        control.should_save = control.should_evaluate = False
+        logger.warning(
+            "Training loss is %s at step %d with learning rate %g: training stops here. %s",
+            self._bad_loss,
+            state.global_step,
+            args.learning_rate,
+            divergence_advice(args.learning_rate),
+        )
+
+
+def divergence_advice(learning_rate: float) -> str:
+    """What to try after a diverged run, for people."""
+    return (
+        f"Lower the learning rate (e.g. {learning_rate / 10:g}), keep warmup on, and check the "
+        "labels for the loss; the checkpoints saved before this step are kept."
+    )
 
 
 class CollapseCallback(TrainerCallback):

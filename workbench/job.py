@@ -32,10 +32,15 @@ from workbench.device import default_device, resolve_precision
 from workbench.embedded import cache_dir
 from workbench.evaluation.compare import RunComparison, compare_runs
 from workbench.evaluation.reranking import RerankingEvaluator, build_samples
-from workbench.guardrails import BaselineFirstCallback
+from workbench.guardrails import (
+    BaselineFirstCallback,
+    TrainingDiverged,
+    divergence_advice,
+)
 from workbench.job_files import first_stage_runs, judged_queries, load_rows, split_by_query
 from workbench.losses import recommend_losses
 from workbench.model import CrossEncoder
+from workbench.model_card import model_card
 from workbench.retrieval import BM25Retriever
 from workbench.runs import RunFolder, last_checkpoint, process_record, write_folder_atomic
 from workbench.trainer import CrossEncoderTrainer, StopCallback
@@ -223,7 +228,7 @@ def _run_stages(
         trainer = _trainer(config, model, pairs, dev, run, precision, eval_pairs, stop)
         # A resumed run was evaluated at its start already.
         trainer.args.eval_on_start = checkpoint is None
-        trainer.train(resume_from_checkpoint=checkpoint)
+        _train_with_advice(trainer, checkpoint, config)
         if stop.requested:
             raise RunStopped(f"stopped at step {trainer.state.global_step}")
         # Into a staging folder first: a kill while saving leaves no half-written final/.
@@ -243,10 +248,32 @@ def _run_stages(
     _write_rankings(run, test, systems | {"finetuned": tuned_scores})
     run.write_json("results.json", results)
     run.write_json("comparison.json", comparison_summary(comparison))
+    # The card reads results.json and comparison.json, so it is written right after them.
+    run.write_text("final/README.md", model_card(run.root))
     report = render_report(config, data, results, pairs, trainer, timings, comparison)
     run.write_text("report.md", report)
     logger.info("Job finished in %.0f s; run folder %s", sum(timings.values()), run.root)
     return results
+
+
+def _train_with_advice(trainer: CrossEncoderTrainer, checkpoint: str | None, config) -> None:
+    """Train; a diverged loss or an out-of-memory error ends the run with what to change."""
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except torch.cuda.OutOfMemoryError as err:  # torch.OutOfMemoryError (CUDA, MPS) from 2.5
+        raise MemoryError(
+            f"Out of memory at batch size {config.batch_size} and max_length "
+            f"{config.max_length}: lower batch_size (e.g. {max(1, config.batch_size // 2)}) or "
+            f"max_length, or freeze more layers. Checkpoints saved so far are kept. ({err})"
+        ) from err
+    diverged = trainer.divergence.diverged
+    if diverged is not None:
+        kept = last_checkpoint(Path(trainer.args.output_dir))
+        raise TrainingDiverged(
+            f"the training loss became {diverged['loss']} at step {diverged['step']} "
+            f"(learning rate {config.learning_rate:g}). {divergence_advice(config.learning_rate)} "
+            + (f"Last good checkpoint: {kept.name}." if kept else "No checkpoint was saved yet.")
+        )
 
 
 @contextlib.contextmanager
@@ -606,6 +633,8 @@ def _write_rankings(run: RunFolder, test: RerankingEvaluator, systems: dict) -> 
             docs.append(doc)
         record = {"query_id": sample.query_id, "query": sample.query, "docs": docs}
         record["relevant_missed"] = len(sample.missed)
+        # Every judgment, missed documents included: per-query metrics equal the evaluator's.
+        record["qrels"] = dict(sample.qrels)
         lines.append(json.dumps(record))
     run.write_text("rankings_test.jsonl", "\n".join(lines) + "\n")
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import seed_worker
 
-from workbench.guardrails import BaselineFirstCallback, CollapseCallback
+from workbench.guardrails import BaselineFirstCallback, CollapseCallback, DivergenceCallback
 from workbench.losses import BinaryCrossEntropyLoss
 from workbench.runs import drop_torn_tail
 from workbench.sampling import (
@@ -186,8 +186,9 @@ class CrossEncoderTrainer(Trainer):
         evaluator: Called with the model at each evaluation; its metrics are logged as
             `eval_<name>_<metric>` and can drive `metric_for_best_model`.
         metrics_path: Where to append the JSON-lines log (e.g. `run/metrics.jsonl`).
-        callbacks: Extra Trainer callbacks. With an evaluator, a `CollapseCallback` is added
-            unless one is given; add a `BaselineFirstCallback` to end on the best evaluated
+        callbacks: Extra Trainer callbacks. A `DivergenceCallback` (`trainer.divergence`) always
+            stops training at a NaN or infinite loss. With an evaluator, a `CollapseCallback` is
+            added unless one is given; add a `BaselineFirstCallback` to end on the best evaluated
             weights, the starting model's included (then see `kept_start_model`).
         batch_sampler: `"default"` (the Trainer's shuffled batches) or `"no_duplicates"` (no
             text twice in a batch, for in-batch losses; see `NoDuplicatesBatchSampler`).
@@ -240,6 +241,8 @@ class CrossEncoderTrainer(Trainer):
         model.write_settings()
 
         callbacks = list(callbacks or [])
+        self.divergence = DivergenceCallback()
+        callbacks.append(self.divergence)
         if evaluator is not None and not any(isinstance(c, CollapseCallback) for c in callbacks):
             callbacks.append(CollapseCallback())
         if metrics_path is not None:
@@ -384,6 +387,8 @@ class CrossEncoderTrainer(Trainer):
             loss = torch.stack(list(loss.values())).sum()
         if name is not None and model.training:
             self._loss_parts.setdefault(name, []).append(loss.detach().item())
+        if model.training:
+            self.divergence.record(loss)
         return (loss, {}) if return_outputs else loss
 
     def _loss_for(self, name: str | None) -> torch.nn.Module:
