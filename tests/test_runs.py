@@ -285,3 +285,18 @@ def test_check_free_space_refuses_a_run_that_cannot_fit(tmp_path):
     with pytest.raises(OSError, match=r"free, but this run needs about .* Free some space"):
         RunFolder(tmp_path).check_free_space(10**18)
     RunFolder(tmp_path).check_free_space(1024)
+
+
+def test_runs_root_follows_the_environment_and_a_spaces_storage(tmp_path, monkeypatch):
+    import workbench.runs as runs
+
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv(runs.RUNS_DIR_ENV, raising=False)
+    assert runs.runs_root() == Path("runs")
+    monkeypatch.setenv("SPACE_ID", "me/workbench")
+    monkeypatch.setattr(runs, "_SPACE_STORAGE", str(tmp_path))
+    assert runs.runs_root() == tmp_path / "workbench-runs"
+    monkeypatch.setattr(runs, "_SPACE_STORAGE", str(tmp_path / "absent"))
+    assert runs.runs_root() == Path("runs")
+    monkeypatch.setenv(runs.RUNS_DIR_ENV, str(tmp_path / "mine"))
+    assert runs.runs_root() == tmp_path / "mine"

@@ -19,13 +19,21 @@ from workbench.security import redact, scrub_secrets
 logger = logging.getLogger(__name__)
 
 RUNS_DIR_ENV = "WORKBENCH_RUNS_DIR"
+# A Space's persistent storage, when the Space has it.
+_SPACE_STORAGE = "/data"
 # Room kept free beyond a run's own estimate (logs, reports, the file system's own needs).
 _DISK_MARGIN_BYTES = 64 * 1024 * 1024
 
 
 def runs_root() -> Path:
-    """The folder that holds run folders: `WORKBENCH_RUNS_DIR`, default `runs`."""
-    return Path(os.environ.get(RUNS_DIR_ENV, "runs"))
+    """The folder that holds run folders: `WORKBENCH_RUNS_DIR`, else on a Hugging Face Space
+    with persistent storage `/data/workbench-runs` (it outlives restarts), else `runs`."""
+    if os.environ.get(RUNS_DIR_ENV):
+        return Path(os.environ[RUNS_DIR_ENV])
+    persistent = Path(_SPACE_STORAGE)
+    if os.environ.get("SPACE_ID") and persistent.is_dir() and os.access(persistent, os.W_OK):
+        return persistent / "workbench-runs"
+    return Path("runs")
 
 
 @dataclass(frozen=True)
