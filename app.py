@@ -21,7 +21,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from workbench import CrossEncoder
+from workbench import CrossEncoder, hub
 from workbench.data import (
     DataValidationError,
     guess_column_roles,
@@ -52,7 +52,6 @@ from workbench.security import (
     check_upload_size,
     confine_path,
     install_log_redaction,
-    scrub_secrets,
     upload_destination,
 )
 
@@ -713,12 +712,10 @@ def push_to_hub(run_id: str, repo_id: str, token: str, private: bool) -> str:
 
     api = HfApi(token=token.strip())
     try:
-        api.create_repo(repo_id.strip(), private=bool(private), exist_ok=True)
-        (final / "README.md").write_text(model_card(RUNS / run_id, repo_id=repo_id), "utf-8")
-        info = api.upload_folder(repo_id=repo_id.strip(), folder_path=str(final))
-    except Exception as err:  # network, auth and hub errors: show them without the token
-        raise gr.Error(f"Push failed: {scrub_secrets(str(err), [token.strip()])}") from err
-    return f"Pushed to {scrub_secrets(str(getattr(info, 'commit_url', repo_id)), [token])}."
+        url = hub.push_to_hub(final, repo_id, token=token.strip(), private=bool(private))
+    except (RuntimeError, ValueError) as err:  # already scrubbed of the token
+        raise gr.Error(f"Push failed: {err}") from err
+    return f"Pushed to {url}."
 
 
 def _final_folder(run_id: str) -> Path:
