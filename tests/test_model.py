@@ -174,6 +174,15 @@ def test_pickle_only_weights_are_refused_unless_allowed(pickle_only, tiny_model)
     np.testing.assert_allclose(loaded.predict(pairs), tiny_model.predict(pairs), atol=1e-6)
 
 
+def test_dense_embedder_refuses_pickle_only_weights_unless_allowed(pickle_only):
+    from workbench.embeddings import DenseEmbedder
+
+    with pytest.raises(ValueError, match=r"only in pickle format \(pytorch_model\.bin\)"):
+        DenseEmbedder(str(pickle_only), cache_dir=False).encode(["a query"])
+    vectors = DenseEmbedder(str(pickle_only), cache_dir=False, allow_pickle=True).encode(["q"])
+    assert vectors.shape[0] == 1 and np.isfinite(vectors).all()
+
+
 def _with_own_code(folder, tiny_model, model_type: str, marker):
     """A saved tiny model whose config.json points at code in the folder; the code leaves
     `marker` behind when it runs."""

@@ -20,6 +20,7 @@ import torch
 
 from workbench import embedded
 from workbench.device import default_device
+from workbench.model import check_weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class DenseEmbedder:
         max_length: Longest input in tokens; defaults to the embedded model's, else 256.
         batch_size: Texts per forward pass.
         device: Where the model runs; picked automatically when None.
+        allow_pickle: Allow weights in pickle format (`pytorch_model.bin`), which can run code
+            when loaded; off by default, as in `CrossEncoder`.
         cache_dir: Folder of the embedding cache; `embedded.cache_dir() / "embeddings"` when
             None; False turns the cache off.
 
@@ -84,8 +87,10 @@ class DenseEmbedder:
         batch_size: int = 32,
         device: str | None = None,
         cache_dir: str | Path | bool | None = None,
+        allow_pickle: bool = False,
     ) -> None:
         self.name_or_path = str(name_or_path)
+        self.allow_pickle = allow_pickle
         spec = EMBEDDERS.get(self.name_or_path) or EmbedderSpec(_saved_pooling(self.name_or_path))
         self.pooling = pooling or spec.pooling
         if self.pooling not in _POOLINGS:
@@ -164,11 +169,14 @@ class DenseEmbedder:
             from transformers import AutoConfig, AutoModel, AutoTokenizer
 
             path, overrides = _resolve(self.name_or_path)
+            check_weight_files(path, allow_pickle=self.allow_pickle)
             config = AutoConfig.from_pretrained(path)
             for key, value in overrides.items():
                 setattr(config, key, value)
             extra = {"add_pooling_layer": False} if config.model_type == "bert" else {}
             logger.info("Loading embedder %s (%s pooling)", self.name_or_path, self.pooling)
+            if not self.allow_pickle:
+                extra["use_safetensors"] = True
             self._model = AutoModel.from_pretrained(path, config=config, **extra)
             self._model.to(self.device).eval()
             self._tokenizer = AutoTokenizer.from_pretrained(path)

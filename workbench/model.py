@@ -288,7 +288,7 @@ class CrossEncoder(Reranker):
         # Model
         self.name_or_path = str(name_or_path)
         path, overrides = _resolve_path(self.name_or_path)
-        _check_weight_files(path, allow_pickle=allow_pickle)
+        check_weight_files(path, allow_pickle=allow_pickle)
         _check_remote_code(path, trust_remote_code=trust_remote_code)
         config = _load_config(path, self.name_or_path, trust_remote_code)
         for key, value in overrides.items():
@@ -430,7 +430,7 @@ def _load_config(path: str, name: str, trust_remote_code: bool):
         ) from err
 
 
-def _check_weight_files(path: str, *, allow_pickle: bool) -> None:
+def check_weight_files(path: str, *, allow_pickle: bool) -> None:
     """Refuse a local folder whose weights are only in pickle format, unless allowed."""
     folder = Path(path)
     if allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
