@@ -70,6 +70,7 @@ def test_queue_stops_queues_and_resumes_to_the_final_step(tmp_path):
     assert log.count("$ ") == 2 and "--resume" in log
 
 
+@pytest.mark.slow
 def test_queue_records_a_crashed_child_as_failed(tmp_path):
     queue = RunQueue(tmp_path)
     run_id = queue.submit(tiny_config(base_model=str(tmp_path / "no-such-model")))
@@ -92,3 +93,25 @@ def test_queue_refuses_run_ids_outside_its_root(tmp_path):
     with pytest.raises(ValueError, match="No run"):
         queue.delete("../elsewhere")
     assert (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.slow
+def test_queue_after_an_app_restart_keeps_runs_and_queues_waiting_ones_again(tmp_path):
+    import dataclasses
+
+    first = RunQueue(tmp_path)
+    crashing = tiny_config(base_model=str(tmp_path / "no-such-model"))
+    done = first.submit(crashing, name="done")
+    assert first.wait(done, timeout=120)
+    # A run left waiting when the app stopped: its launch config, its state queued.
+    waiting = tmp_path / "20990101-000000-waiting-0000"
+    waiting.mkdir()
+    (waiting / "launch.json").write_text(json.dumps(dataclasses.asdict(crashing)))
+    (waiting / "status.json").write_text(json.dumps({"state": "queued"}))
+
+    restarted = RunQueue(tmp_path)
+    snapshot = restarted.snapshot()
+    assert waiting.name in [snapshot["running"], *snapshot["waiting"]]
+    assert restarted.wait(waiting.name, timeout=120)
+    assert run_state(waiting).state == "failed"
+    assert run_state(tmp_path / done).state == "failed"  # still listed, with its error
