@@ -554,6 +554,10 @@ def resume_run(session: dict) -> str:
     run_id = (session or {}).get("run")
     if not run_id:
         raise gr.Error("No run selected.")
+    # The job writes "stopped" a few seconds before its process exits; until then the queue
+    # still counts it as running and would refuse the resume.
+    if run_progress(RUNS / run_id).state in ("stopped", "failed"):
+        queue().wait(run_id, timeout=30)
     try:
         queue().resume(run_id)
     except (RuntimeError, ValueError) as err:
@@ -568,8 +572,10 @@ def refresh_runs():
     """Handler: the run table and the run pickers of every tab."""
     table = list_runs(RUNS)
     choices = list(table["run"])
-    pick = gr.update(choices=choices, value=choices[0] if choices else None)
-    return table, pick, pick, pick, pick
+    # One update per picker: Gradio pops "value" from an update it applies, so a shared one
+    # would set only the first picker.
+    picks = [gr.update(choices=choices, value=choices[0] if choices else None) for _ in range(4)]
+    return table, *picks
 
 
 def open_run(run_id: str, session: dict):
@@ -698,7 +704,15 @@ def export_zip(run_id: str) -> str:
 def show_card(run_id: str) -> str:
     """Handler: the model card of a finished run."""
     _final_folder(run_id)
-    return model_card(RUNS / run_id)
+    return _front_matter_as_code(model_card(RUNS / run_id))
+
+
+def _front_matter_as_code(card: str) -> str:
+    """The card's YAML header as a code block: Markdown runs it together into one paragraph."""
+    header, sep, body = card.removeprefix("---\n").partition("\n---\n")
+    if not card.startswith("---\n") or not sep:
+        return card
+    return f"```yaml\n{header}\n```\n{body}"
 
 
 def push_to_hub(run_id: str, repo_id: str, token: str, private: bool) -> str:
