@@ -332,9 +332,12 @@ def test_dense_mining_matches_sentence_transformers(wikiqa_slice, tmp_path):
 
     pairs, _, sentences = wikiqa_slice
     st_model = SentenceTransformer(resolve("minilm-l6")[0], device="cpu")
-    embedder = DenseEmbedder("minilm-l6", cache_dir=tmp_path)
+    # The reference embeds in fp32; "auto" may pick bf16 (checked below).
+    embedder = DenseEmbedder("minilm-l6", cache_dir=tmp_path, precision="fp32")
     st_vectors = st_model.encode(sentences[:20], normalize_embeddings=True)
     np.testing.assert_allclose(embedder.encode(sentences[:20]), st_vectors, atol=1e-5)
+    bf16 = DenseEmbedder("minilm-l6", cache_dir=False, precision="bf16").encode(sentences[:20])
+    assert np.min(np.sum(bf16 * st_vectors, axis=1)) > 0.99  # cosine to the fp32 vectors
 
     import datasets
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from workbench import embedded
-from workbench.device import default_device
+from workbench.device import autocast, default_device, resolve_precision
 from workbench.model import check_weight_files
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ class DenseEmbedder:
         device: Where the model runs; picked automatically when None.
         allow_pickle: Allow weights in pickle format (`pytorch_model.bin`), which can run code
             when loaded; off by default, as in `CrossEncoder`.
+        precision: `"auto"` (bf16 autocast where it is native: CUDA, or a CPU with AMX /
+            AVX-512 bf16; else fp32), `"fp32"`, `"bf16"` or `"fp16"`; part of the cache key.
         cache_dir: Folder of the embedding cache; `embedded.cache_dir() / "embeddings"` when
             None; False turns the cache off.
 
@@ -88,6 +90,7 @@ class DenseEmbedder:
         device: str | None = None,
         cache_dir: str | Path | bool | None = None,
         allow_pickle: bool = False,
+        precision: str = "auto",
     ) -> None:
         self.name_or_path = str(name_or_path)
         self.allow_pickle = allow_pickle
@@ -99,6 +102,7 @@ class DenseEmbedder:
         self.max_length = max_length or spec.max_length
         self.batch_size = batch_size
         self.device = torch.device(device or default_device())
+        self.precision = resolve_precision(precision, self.device)
 
         # Cache
         if cache_dir is False:
@@ -113,10 +117,11 @@ class DenseEmbedder:
 
     @property
     def model_id(self) -> str:
-        """What the cache key holds besides the text: weights, pooling and length."""
-        return json.dumps(
-            [_weights_id(self.name_or_path), self.pooling, self.max_length], separators=(",", ":")
-        )
+        """What the cache key holds besides the text: weights, pooling, length, precision."""
+        key = [_weights_id(self.name_or_path), self.pooling, self.max_length]
+        # fp32 keys keep their old form, so caches written before precision existed still hit.
+        key += [self.precision] if self.precision != "fp32" else []
+        return json.dumps(key, separators=(",", ":"))
 
     def encode(self, texts: Sequence[str], *, is_query: bool = False) -> np.ndarray:
         """Embed texts, reading what the cache holds and embedding only the rest.
@@ -146,7 +151,7 @@ class DenseEmbedder:
         model, tokenizer = self._load()
         order = np.argsort([-len(t) for t in texts], kind="stable")
         vectors = None
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.precision):
             for start in range(0, len(texts), self.batch_size):
                 index = order[start : start + self.batch_size]
                 features = tokenizer(
