@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import logging
+import shutil
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -240,10 +241,12 @@ def test_push_to_hub_bad_arguments(tmp_path, model_folder):
         push_to_hub(model_folder, "no-owner", token=TOKEN)
 
 
-def test_app_push_handler_pushes_the_run_with_its_card(fake_hub, tiny_run, monkeypatch):
+def test_app_push_handler_pushes_the_run_with_its_card(fake_hub, tiny_run, tmp_path, monkeypatch):
     import app
 
-    monkeypatch.setattr(app, "RUNS", tiny_run.parent)
+    # A copy: the handler rewrites final/README.md for the repository, and the run is shared.
+    shutil.copytree(tiny_run, tmp_path / tiny_run.name)
+    monkeypatch.setattr(app, "RUNS", tmp_path)
     note = app.push_to_hub(tiny_run.name, " owner/tiny-reranker ", f" {TOKEN} ", False)
 
     assert note.startswith("Pushed to ") and TOKEN not in note
