@@ -722,9 +722,7 @@ def push_to_hub(run_id: str, repo_id: str, token: str, private: bool) -> str:
         raise gr.Error("Type a repository id as owner/name.")
     if not (token or "").strip():
         raise gr.Error("Paste a hub token with write access (it is not stored).")
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token.strip())
+    (final / "README.md").write_text(model_card(RUNS / run_id, repo_id=repo_id.strip()), "utf-8")
     try:
         url = hub.push_to_hub(final, repo_id, token=token.strip(), private=bool(private))
     except (RuntimeError, ValueError) as err:  # already scrubbed of the token
