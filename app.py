@@ -17,6 +17,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
@@ -743,8 +744,7 @@ def _final_folder(run_id: str) -> Path:
 
 
 def build_demo() -> gr.Blocks:
-    """Assemble the app: one tab per task, events wired at the end of each tab."""
-    model_choices = list(EMBEDDED_MODELS)
+    """Assemble the app: one tab per task, then each tab's events."""
     with gr.Blocks(title="Reranker Workbench") as demo:
         session = gr.State(new_session)
         compared = gr.State(None)
@@ -752,285 +752,381 @@ def build_demo() -> gr.Blocks:
             "# Reranker Workbench\nFine-tune a cross-encoder reranker on your data and find "
             "out whether it beats BM25 and an off-the-shelf reranker."
         )
+        data, train, runs = _data_tab(), _train_tab(), _runs_tab()
+        compare, export, rank = _compare_tab(), _export_tab(), _rank_tab()
 
-        with gr.Tab("Data"):
-            with gr.Row():
-                source = gr.Radio([SAMPLE, UPLOAD, HUB], value=SAMPLE, label="Data")
-                upload = gr.File(
-                    label="Training file (CSV, TSV, JSONL, Parquet; may be .gz)", type="filepath"
-                )
-                hub_id = gr.Textbox(label="Hub dataset id (needs a network)")
-            load_button = gr.Button("Load data", variant="primary")
-            data_note = gr.Markdown()
-            preview = gr.Dataframe(label="Preview (first 20 rows)", wrap=True, max_height=300)
-            with gr.Row():
-                column_map = gr.Textbox(
-                    label="Column roles (source=role, comma-separated; roles: query, passage, "
-                    "label, positive, negative_1.., documents, labels)"
-                )
-                eval_upload = gr.File(
-                    label="Eval file (optional; else queries are held out)", type="filepath"
-                )
-            with gr.Row():
-                length_model = gr.Dropdown(
-                    model_choices,
-                    value=DEFAULT_MODEL,
-                    allow_custom_value=True,
-                    label="Tokenizer of",
-                )
-                length_limit = gr.Number(value=256, precision=0, label="max_length")
-            validate_button = gr.Button("Validate")
-            report = gr.Markdown()
-            with gr.Accordion("Hard-negative mining", open=False):
-                with gr.Row():
-                    retriever = gr.Dropdown(
-                        ["bm25", "minilm-l6", "bge-small"],
-                        value="bm25",
-                        allow_custom_value=True,
-                        label="Retriever",
-                    )
-                    num_negatives = gr.Number(value=3, precision=0, label="Negatives per query")
-                    range_min = gr.Number(value=0, precision=0, label="Skip top ranks")
-                    range_max = gr.Number(value=0, precision=0, label="Window end (0 = auto)")
-                with gr.Row():
-                    margin = gr.Number(value=0, label="Relative margin (0 = off)")
-                    sampling = gr.Radio(["top", "random"], value="top", label="Sampling")
-                    random_share = gr.Slider(0, 1, value=0, step=0.1, label="Random share")
-                    screen = gr.Radio(SCREEN_CHOICES, value="flag", label="False-negative screen")
-                mine_button = gr.Button("Mine")
-                mining_report = gr.Markdown()
-                mined = gr.Dataframe(label="Mined rows (first 20)", wrap=True, max_height=300)
+        _wire_data(data, train, session)
+        _wire_train(train, session)
+        _wire_runs(demo, runs, compare, export, session)
+        _wire_compare(compare, compared)
+        _wire_export(export)
+        _wire_rank(rank)
+    return demo
 
-        with gr.Tab("Train"):
-            with gr.Row():
-                base_model = gr.Dropdown(
-                    model_choices, value=DEFAULT_MODEL, allow_custom_value=True, label="Base model"
-                )
-                baseline_model = gr.Dropdown(
-                    model_choices, value=DEFAULT_MODEL, allow_custom_value=True, label="Baseline"
-                )
-                loss = gr.Dropdown(
-                    ["BinaryCrossEntropyLoss"],
-                    value="BinaryCrossEntropyLoss",
-                    label="Loss (those that fit the data)",
-                )
-            with gr.Row():
-                epochs = gr.Number(value=1, label="Epochs")
-                batch_size = gr.Number(value=16, precision=0, label="Batch size")
-                learning_rate = gr.Number(value=3e-5, label="Learning rate")
-                max_length = gr.Number(value=256, precision=0, label="Max length")
-            with gr.Row():
-                warmup = gr.Number(value=0.1, label="Warmup ratio")
-                precision = gr.Dropdown(
-                    ["auto", "fp32", "bf16", "fp16"], value="auto", label="Precision"
-                )
-                eval_steps = gr.Number(value=0, precision=0, label="Eval every N steps (0 = 3x)")
-                max_steps = gr.Number(value=0, precision=0, label="Max steps (0 = epochs)")
-                freeze = gr.Number(value=8, precision=0, label="Frozen bottom layers")
-            with gr.Row():
-                dev_queries = gr.Number(
-                    value=60, precision=0, label="Eval queries held out (without an eval file)"
-                )
-                run_name = gr.Textbox(label="Run name (optional)")
-            with gr.Row():
-                estimate_button = gr.Button("Estimate cost")
-                launch_button = gr.Button("Launch", variant="primary")
-                stop_button = gr.Button("Stop", variant="stop")
-                resume_button = gr.Button("Resume")
-            estimate = gr.Markdown()
-            launch_note = gr.Markdown()
-            progress = gr.HTML(_progress_html(None))
-            queue_note = gr.Markdown()
-            with gr.Row():
-                loss_plot = gr.Plot(label="Loss")
-                metrics_plot = gr.Plot(label="Ranking metrics")
-            log = gr.Textbox(label="Log (last lines)", lines=10, max_lines=10)
-            timer = gr.Timer(POLL_SECONDS)
 
-        with gr.Tab("Runs"):
-            runs_table = gr.Dataframe(label="Runs", wrap=True)
-            with gr.Row():
-                run_pick = gr.Dropdown([], label="Run")
-                refresh_button = gr.Button("Refresh")
-                open_button = gr.Button("Open on Train tab")
-            with gr.Row():
-                confirm = gr.Checkbox(label="yes, delete it")
-                delete_button = gr.Button("Delete", variant="stop")
-            runs_note = gr.Markdown()
-
-        with gr.Tab("Compare"):
-            systems = [(label, key) for key, label in SYSTEMS.items()]
-            with gr.Row():
-                run_a = gr.Dropdown([], label="Run A")
-                system_a = gr.Dropdown(systems, value="baseline", label="System A")
-                run_b = gr.Dropdown([], label="Run B")
-                system_b = gr.Dropdown(systems, value="finetuned", label="System B")
-            compare_button = gr.Button("Compare", variant="primary")
-            summary = gr.Markdown()
-            with gr.Row():
-                delta_plot = gr.Plot(label="Per-query deltas")
-                scatter_plot = gr.Plot(label="A vs B per query")
-            with gr.Row():
-                which = gr.Radio(["all", "improved", "regressed"], value="all", label="Queries")
-                order = gr.Radio(
-                    ["largest loss first", "largest gain first"],
-                    value="largest loss first",
-                    label="Sort",
-                )
-            per_query = gr.Dataframe(label="Per query", wrap=True, max_height=300)
-            query_pick = gr.Dropdown([], label="Query")
-            rankings = gr.HTML()
-            with gr.Accordion("Free text: both models rank your passages", open=False):
-                with gr.Row():
-                    model_a = gr.Dropdown(
-                        model_choices, value=DEFAULT_MODEL, allow_custom_value=True, label="Model A"
-                    )
-                    model_b = gr.Dropdown(
-                        model_choices,
-                        value="minilm-l6",
-                        allow_custom_value=True,
-                        label="Model B (run:<id> for a run's model)",
-                    )
-                free_query = gr.Textbox(label="Query", value=EXAMPLE_QUERY)
-                free_passages = gr.Textbox(
-                    label="Passages, one per line", lines=6, value=EXAMPLE_PASSAGES
-                )
-                free_button = gr.Button("Rank with both")
-                with gr.Row():
-                    free_a = gr.Dataframe(label="Model A", wrap=True)
-                    free_b = gr.Dataframe(label="Model B", wrap=True)
-
-        with gr.Tab("Export"):
-            export_pick = gr.Dropdown([], label="Run")
-            with gr.Row():
-                zip_button = gr.Button("Build zip")
-                card_button = gr.Button("Show model card")
-            zip_file = gr.File(label="Model zip")
-            card = gr.Markdown()
-            with gr.Row():
-                repo = gr.Textbox(label="Hub repository (owner/name)")
-                token = gr.Textbox(label="Hub token (used once, never stored)", type="password")
-                private = gr.Checkbox(value=True, label="Private")
-            push_button = gr.Button("Push to hub")
-            push_note = gr.Markdown()
-
-        with gr.Tab("Rank"):
-            rank_model = gr.Dropdown(
+def _data_tab() -> SimpleNamespace:
+    """The Data tab: load, preview, column roles, validation, mining."""
+    model_choices = list(EMBEDDED_MODELS)
+    with gr.Tab("Data"):
+        with gr.Row():
+            source = gr.Radio([SAMPLE, UPLOAD, HUB], value=SAMPLE, label="Data")
+            upload = gr.File(
+                label="Training file (CSV, TSV, JSONL, Parquet; may be .gz)", type="filepath"
+            )
+            hub_id = gr.Textbox(label="Hub dataset id (needs a network)")
+        load_button = gr.Button("Load data", variant="primary")
+        data_note = gr.Markdown()
+        preview = gr.Dataframe(label="Preview (first 20 rows)", wrap=True, max_height=300)
+        with gr.Row():
+            column_map = gr.Textbox(
+                label="Column roles (source=role, comma-separated; roles: query, passage, "
+                "label, positive, negative_1.., documents, labels)"
+            )
+            eval_upload = gr.File(
+                label="Eval file (optional; else queries are held out)", type="filepath"
+            )
+        with gr.Row():
+            length_model = gr.Dropdown(
                 model_choices,
                 value=DEFAULT_MODEL,
                 allow_custom_value=True,
-                label="Model (embedded name, local folder, or hub id)",
+                label="Tokenizer of",
             )
-            rank_query = gr.Textbox(label="Query", value=EXAMPLE_QUERY)
-            rank_text = gr.Textbox(label="Passages, one per line", value=EXAMPLE_PASSAGES, lines=8)
-            top_k = gr.Number(label="Show top k (0 = all)", value=0, precision=0, minimum=0)
-            rank_button = gr.Button("Rank", variant="primary")
-            ranked = gr.Dataframe(label="Ranking", wrap=True)
+            length_limit = gr.Number(value=256, precision=0, label="max_length")
+        validate_button = gr.Button("Validate")
+        report = gr.Markdown()
+        with gr.Accordion("Hard-negative mining", open=False):
+            with gr.Row():
+                retriever = gr.Dropdown(
+                    ["bm25", "minilm-l6", "bge-small"],
+                    value="bm25",
+                    allow_custom_value=True,
+                    label="Retriever",
+                )
+                num_negatives = gr.Number(value=3, precision=0, label="Negatives per query")
+                range_min = gr.Number(value=0, precision=0, label="Skip top ranks")
+                range_max = gr.Number(value=0, precision=0, label="Window end (0 = auto)")
+            with gr.Row():
+                margin = gr.Number(value=0, label="Relative margin (0 = off)")
+                sampling = gr.Radio(["top", "random"], value="top", label="Sampling")
+                random_share = gr.Slider(0, 1, value=0, step=0.1, label="Random share")
+                screen = gr.Radio(SCREEN_CHOICES, value="flag", label="False-negative screen")
+            mine_button = gr.Button("Mine")
+            mining_report = gr.Markdown()
+            mined = gr.Dataframe(label="Mined rows (first 20)", wrap=True, max_height=300)
+    # Every component of the tab, by its variable name, for the event wiring.
+    return SimpleNamespace(**{k: v for k, v in locals().items() if k != "model_choices"})
 
-        # Events: Data
-        load_button.click(
-            load_training_data,
-            [source, upload, hub_id, session],
-            [preview, column_map, data_note, session],
-            api_name="load_data",
-        )
-        validate_button.click(
-            validate_training_data,
-            [session, column_map, eval_upload, loss, length_model, length_limit],
-            [report, loss, session],
-            api_name="validate",
-        )
-        mine_button.click(
-            mine_negatives,
-            [
-                session,
-                retriever,
-                num_negatives,
-                range_min,
-                range_max,
-                margin,
-                sampling,
-                random_share,
-                screen,
-            ],
-            [mining_report, mined, session],
-            api_name="mine",
-        )
-        # Events: Train
-        estimate_button.click(
-            estimate_cost,
-            [session, base_model, batch_size, max_length, epochs, max_steps],
-            estimate,
-            api_name="estimate",
-        )
-        launch_button.click(
-            launch_training,
-            [
-                session,
-                base_model,
-                baseline_model,
-                loss,
-                epochs,
-                batch_size,
-                learning_rate,
-                max_length,
-                warmup,
-                precision,
-                eval_steps,
-                max_steps,
-                freeze,
-                dev_queries,
-                run_name,
-            ],
-            [launch_note, session],
-            api_name="launch",
-        )
-        stop_button.click(stop_run, session, launch_note, api_name="stop")
-        resume_button.click(resume_run, session, launch_note, api_name="resume")
-        timer.tick(
-            poll_run,
-            session,
-            [progress, loss_plot, metrics_plot, log, queue_note],
-            api_name="poll",
-            show_progress="hidden",
-        )
-        # Events: Runs
-        pickers = [runs_table, run_pick, run_a, run_b, export_pick]
-        refresh_button.click(refresh_runs, None, pickers, api_name="runs")
-        demo.load(refresh_runs, None, pickers)
-        open_button.click(open_run, [run_pick, session], [runs_note, session], api_name="open")
-        delete_button.click(delete_run, [run_pick, confirm], runs_note, api_name="delete").then(
-            refresh_runs, None, pickers
-        )
-        # Events: Compare
-        compare_button.click(
-            compare_runs_handler,
-            [run_a, system_a, run_b, system_b],
-            [summary, delta_plot, scatter_plot, per_query, query_pick, compared],
-            api_name="compare",
-        )
-        for control in (which, order):
-            control.change(
-                filter_queries, [compared, which, order], [per_query, query_pick], api_name=False
+
+def _train_tab() -> SimpleNamespace:
+    """The Train tab: model, loss and settings, cost estimate, launch, live progress."""
+    model_choices = list(EMBEDDED_MODELS)
+    with gr.Tab("Train"):
+        with gr.Row():
+            base_model = gr.Dropdown(
+                model_choices, value=DEFAULT_MODEL, allow_custom_value=True, label="Base model"
             )
-        query_pick.change(show_query, [query_pick, compared], rankings, api_name="query")
-        free_button.click(
-            rank_two_models,
-            [model_a, model_b, free_query, free_passages],
-            [free_a, free_b],
-            api_name="rank_both",
+            baseline_model = gr.Dropdown(
+                model_choices, value=DEFAULT_MODEL, allow_custom_value=True, label="Baseline"
+            )
+            loss = gr.Dropdown(
+                ["BinaryCrossEntropyLoss"],
+                value="BinaryCrossEntropyLoss",
+                label="Loss (those that fit the data)",
+            )
+        with gr.Row():
+            epochs = gr.Number(value=1, label="Epochs")
+            batch_size = gr.Number(value=16, precision=0, label="Batch size")
+            learning_rate = gr.Number(value=3e-5, label="Learning rate")
+            max_length = gr.Number(value=256, precision=0, label="Max length")
+        with gr.Row():
+            warmup = gr.Number(value=0.1, label="Warmup ratio")
+            precision = gr.Dropdown(
+                ["auto", "fp32", "bf16", "fp16"], value="auto", label="Precision"
+            )
+            eval_steps = gr.Number(value=0, precision=0, label="Eval every N steps (0 = 3x)")
+            max_steps = gr.Number(value=0, precision=0, label="Max steps (0 = epochs)")
+            freeze = gr.Number(value=8, precision=0, label="Frozen bottom layers")
+        with gr.Row():
+            dev_queries = gr.Number(
+                value=60, precision=0, label="Eval queries held out (without an eval file)"
+            )
+            run_name = gr.Textbox(label="Run name (optional)")
+        with gr.Row():
+            estimate_button = gr.Button("Estimate cost")
+            launch_button = gr.Button("Launch", variant="primary")
+            stop_button = gr.Button("Stop", variant="stop")
+            resume_button = gr.Button("Resume")
+        estimate = gr.Markdown()
+        launch_note = gr.Markdown()
+        progress = gr.HTML(_progress_html(None))
+        queue_note = gr.Markdown()
+        with gr.Row():
+            loss_plot = gr.Plot(label="Loss")
+            metrics_plot = gr.Plot(label="Ranking metrics")
+        log = gr.Textbox(label="Log (last lines)", lines=10, max_lines=10)
+        timer = gr.Timer(POLL_SECONDS)
+    # Every component of the tab, by its variable name, for the event wiring.
+    return SimpleNamespace(**{k: v for k, v in locals().items() if k != "model_choices"})
+
+
+def _runs_tab() -> SimpleNamespace:
+    """The Runs tab: every run folder, open or delete one."""
+    model_choices = list(EMBEDDED_MODELS)
+    with gr.Tab("Runs"):
+        runs_table = gr.Dataframe(label="Runs", wrap=True)
+        with gr.Row():
+            run_pick = gr.Dropdown([], label="Run")
+            refresh_button = gr.Button("Refresh")
+            open_button = gr.Button("Open on Train tab")
+        with gr.Row():
+            confirm = gr.Checkbox(label="yes, delete it")
+            delete_button = gr.Button("Delete", variant="stop")
+        runs_note = gr.Markdown()
+    # Every component of the tab, by its variable name, for the event wiring.
+    return SimpleNamespace(**{k: v for k, v in locals().items() if k != "model_choices"})
+
+
+def _compare_tab() -> SimpleNamespace:
+    """The Compare tab: two systems, the paired test, per-query rankings, free text."""
+    model_choices = list(EMBEDDED_MODELS)
+    with gr.Tab("Compare"):
+        systems = [(label, key) for key, label in SYSTEMS.items()]
+        with gr.Row():
+            run_a = gr.Dropdown([], label="Run A")
+            system_a = gr.Dropdown(systems, value="baseline", label="System A")
+            run_b = gr.Dropdown([], label="Run B")
+            system_b = gr.Dropdown(systems, value="finetuned", label="System B")
+        compare_button = gr.Button("Compare", variant="primary")
+        summary = gr.Markdown()
+        with gr.Row():
+            delta_plot = gr.Plot(label="Per-query deltas")
+            scatter_plot = gr.Plot(label="A vs B per query")
+        with gr.Row():
+            which = gr.Radio(["all", "improved", "regressed"], value="all", label="Queries")
+            order = gr.Radio(
+                ["largest loss first", "largest gain first"],
+                value="largest loss first",
+                label="Sort",
+            )
+        per_query = gr.Dataframe(label="Per query", wrap=True, max_height=300)
+        query_pick = gr.Dropdown([], label="Query")
+        rankings = gr.HTML()
+        with gr.Accordion("Free text: both models rank your passages", open=False):
+            with gr.Row():
+                model_a = gr.Dropdown(
+                    model_choices, value=DEFAULT_MODEL, allow_custom_value=True, label="Model A"
+                )
+                model_b = gr.Dropdown(
+                    model_choices,
+                    value="minilm-l6",
+                    allow_custom_value=True,
+                    label="Model B (run:<id> for a run's model)",
+                )
+            free_query = gr.Textbox(label="Query", value=EXAMPLE_QUERY)
+            free_passages = gr.Textbox(
+                label="Passages, one per line", lines=6, value=EXAMPLE_PASSAGES
+            )
+            free_button = gr.Button("Rank with both")
+            with gr.Row():
+                free_a = gr.Dataframe(label="Model A", wrap=True)
+                free_b = gr.Dataframe(label="Model B", wrap=True)
+    # Every component of the tab, by its variable name, for the event wiring.
+    return SimpleNamespace(**{k: v for k, v in locals().items() if k != "model_choices"})
+
+
+def _export_tab() -> SimpleNamespace:
+    """The Export tab: zip, model card, hub push."""
+    model_choices = list(EMBEDDED_MODELS)
+    with gr.Tab("Export"):
+        export_pick = gr.Dropdown([], label="Run")
+        with gr.Row():
+            zip_button = gr.Button("Build zip")
+            card_button = gr.Button("Show model card")
+        zip_file = gr.File(label="Model zip")
+        card = gr.Markdown()
+        with gr.Row():
+            repo = gr.Textbox(label="Hub repository (owner/name)")
+            token = gr.Textbox(label="Hub token (used once, never stored)", type="password")
+            private = gr.Checkbox(value=True, label="Private")
+        push_button = gr.Button("Push to hub")
+        push_note = gr.Markdown()
+    # Every component of the tab, by its variable name, for the event wiring.
+    return SimpleNamespace(**{k: v for k, v in locals().items() if k != "model_choices"})
+
+
+def _rank_tab() -> SimpleNamespace:
+    """The Rank tab: score typed passages with any model."""
+    model_choices = list(EMBEDDED_MODELS)
+    with gr.Tab("Rank"):
+        rank_model = gr.Dropdown(
+            model_choices,
+            value=DEFAULT_MODEL,
+            allow_custom_value=True,
+            label="Model (embedded name, local folder, or hub id)",
         )
-        # Events: Export
-        zip_button.click(export_zip, export_pick, zip_file, api_name="export_zip")
-        card_button.click(show_card, export_pick, card, api_name="model_card")
-        push_button.click(
-            push_to_hub, [export_pick, repo, token, private], push_note, api_name="push"
+        rank_query = gr.Textbox(label="Query", value=EXAMPLE_QUERY)
+        rank_text = gr.Textbox(label="Passages, one per line", value=EXAMPLE_PASSAGES, lines=8)
+        top_k = gr.Number(label="Show top k (0 = all)", value=0, precision=0, minimum=0)
+        rank_button = gr.Button("Rank", variant="primary")
+        ranked = gr.Dataframe(label="Ranking", wrap=True)
+    # Every component of the tab, by its variable name, for the event wiring.
+    return SimpleNamespace(**{k: v for k, v in locals().items() if k != "model_choices"})
+
+
+def _wire_data(data: SimpleNamespace, train: SimpleNamespace, session: gr.State) -> None:
+    data.load_button.click(
+        load_training_data,
+        [data.source, data.upload, data.hub_id, session],
+        [data.preview, data.column_map, data.data_note, session],
+        api_name="load_data",
+    )
+    data.validate_button.click(
+        validate_training_data,
+        [
+            session,
+            data.column_map,
+            data.eval_upload,
+            train.loss,
+            data.length_model,
+            data.length_limit,
+        ],
+        [data.report, train.loss, session],
+        api_name="validate",
+    )
+    data.mine_button.click(
+        mine_negatives,
+        [
+            session,
+            data.retriever,
+            data.num_negatives,
+            data.range_min,
+            data.range_max,
+            data.margin,
+            data.sampling,
+            data.random_share,
+            data.screen,
+        ],
+        [data.mining_report, data.mined, session],
+        api_name="mine",
+    )
+
+
+def _wire_train(train: SimpleNamespace, session: gr.State) -> None:
+    train.estimate_button.click(
+        estimate_cost,
+        [
+            session,
+            train.base_model,
+            train.batch_size,
+            train.max_length,
+            train.epochs,
+            train.max_steps,
+        ],
+        train.estimate,
+        api_name="estimate",
+    )
+    train.launch_button.click(
+        launch_training,
+        [
+            session,
+            train.base_model,
+            train.baseline_model,
+            train.loss,
+            train.epochs,
+            train.batch_size,
+            train.learning_rate,
+            train.max_length,
+            train.warmup,
+            train.precision,
+            train.eval_steps,
+            train.max_steps,
+            train.freeze,
+            train.dev_queries,
+            train.run_name,
+        ],
+        [train.launch_note, session],
+        api_name="launch",
+    )
+    train.stop_button.click(stop_run, session, train.launch_note, api_name="stop")
+    train.resume_button.click(resume_run, session, train.launch_note, api_name="resume")
+    train.timer.tick(
+        poll_run,
+        session,
+        [train.progress, train.loss_plot, train.metrics_plot, train.log, train.queue_note],
+        api_name="poll",
+        show_progress="hidden",
+    )
+
+
+def _wire_runs(
+    demo: gr.Blocks,
+    runs: SimpleNamespace,
+    compare: SimpleNamespace,
+    export: SimpleNamespace,
+    session: gr.State,
+) -> None:
+    pickers = [runs.runs_table, runs.run_pick, compare.run_a, compare.run_b, export.export_pick]
+    runs.refresh_button.click(refresh_runs, None, pickers, api_name="runs")
+    demo.load(refresh_runs, None, pickers)
+    runs.open_button.click(
+        open_run, [runs.run_pick, session], [runs.runs_note, session], api_name="open"
+    )
+    runs.delete_button.click(
+        delete_run, [runs.run_pick, runs.confirm], runs.runs_note, api_name="delete"
+    ).then(refresh_runs, None, pickers)
+
+
+def _wire_compare(compare: SimpleNamespace, compared: gr.State) -> None:
+    compare.compare_button.click(
+        compare_runs_handler,
+        [compare.run_a, compare.system_a, compare.run_b, compare.system_b],
+        [
+            compare.summary,
+            compare.delta_plot,
+            compare.scatter_plot,
+            compare.per_query,
+            compare.query_pick,
+            compared,
+        ],
+        api_name="compare",
+    )
+    for control in (compare.which, compare.order):
+        control.change(
+            filter_queries,
+            [compared, compare.which, compare.order],
+            [compare.per_query, compare.query_pick],
+            api_name=False,
         )
-        # Events: Rank
-        rank_button.click(
-            rank_passages, [rank_model, rank_query, rank_text, top_k], ranked, api_name="rank"
-        )
-    return demo
+    compare.query_pick.change(
+        show_query, [compare.query_pick, compared], compare.rankings, api_name="query"
+    )
+    compare.free_button.click(
+        rank_two_models,
+        [compare.model_a, compare.model_b, compare.free_query, compare.free_passages],
+        [compare.free_a, compare.free_b],
+        api_name="rank_both",
+    )
+
+
+def _wire_export(export: SimpleNamespace) -> None:
+    export.zip_button.click(export_zip, export.export_pick, export.zip_file, api_name="export_zip")
+    export.card_button.click(show_card, export.export_pick, export.card, api_name="model_card")
+    export.push_button.click(
+        push_to_hub,
+        [export.export_pick, export.repo, export.token, export.private],
+        export.push_note,
+        api_name="push",
+    )
+
+
+def _wire_rank(rank: SimpleNamespace) -> None:
+    rank.rank_button.click(
+        rank_passages,
+        [rank.rank_model, rank.rank_query, rank.rank_text, rank.top_k],
+        rank.ranked,
+        api_name="rank",
+    )
 
 
 def launch_options() -> dict:
