@@ -78,26 +78,38 @@ def training_args(tmp_path, **overrides):
     return TrainingArguments(**(values | overrides))
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """A finished main job of seconds: 2-layer model with every layer frozen, 8 train / 4 dev /
-    4 test claims, 4 steps. The run folder is named `tiny`."""
-    from workbench.job import JobConfig, run_job
+def tiny_job_config(**overrides):
+    """A main job of seconds on the bundled SciFact: the 2-layer model as base and baseline,
+    8 train / 4 dev / 4 test claims, short inputs; overrides win."""
+    from workbench.job import JobConfig
 
-    config = JobConfig(
+    values = dict(
         base_model="minilm-l6-tiny",
         baseline_model="minilm-l6-tiny",
         max_train_queries=8,
         dev_queries=4,
         max_test_queries=4,
+        max_length=48,
+        batch_size=4,
+        freeze_layers=1,
+        eval_steps=2,
+    )
+    return JobConfig(**(values | overrides))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished main job of seconds: 2-layer model with every layer frozen, 8 train / 4 dev /
+    4 test claims, 4 steps. The run folder is named `tiny`."""
+    from workbench.job import run_job
+
+    config = tiny_job_config(
         first_stage_depth=20,
         rerank_top_k=5,
         dev_top_k=5,
         max_length=64,
-        batch_size=4,
         freeze_layers=2,
         max_steps=4,
-        eval_steps=2,
         precision="fp32",
         cache_baseline_scores=False,
     )

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 
 import app
-from workbench.cli import main
 from workbench.model_card import model_card
 from workbench.run_view import (
     compare_systems,
@@ -29,23 +28,9 @@ from workbench.runs import read_jsonl
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A finished tiny main job (2-layer model, 12 train / 6 test claims)."""
-    root = tmp_path_factory.mktemp("runs")
-    folder = root / "tiny"
-    flags = {
-        "--base-model": "minilm-l6-tiny",
-        "--baseline-model": "minilm-l6-tiny",
-        "--max-train-queries": "12",
-        "--dev-queries": "6",
-        "--max-test-queries": "6",
-        "--max-length": "48",
-        "--freeze-layers": "1",
-        "--eval-steps": "2",
-    }
-    argv = ["train", "--output-dir", str(folder)] + [x for kv in flags.items() for x in kv]
-    assert main(argv) == 0
-    return folder
+def finished_run(tiny_run):
+    """The shared finished tiny main job (conftest): 4 test claims, run folder `tiny`."""
+    return tiny_run
 
 
 @pytest.fixture
@@ -65,7 +50,7 @@ def _results(folder):
 def test_query_metrics_of_rankings_equal_the_jobs_results(finished_run, system, key):
     table = query_metrics(load_rankings(finished_run), system)
 
-    assert len(table) == 6
+    assert len(table) == 4
     assert table["ndcg@10"].mean() == pytest.approx(_results(finished_run)[key]["ndcg@10"])
     assert table["mrr@10"].mean() == pytest.approx(_results(finished_run)[key]["mrr@10"])
 
@@ -166,8 +151,8 @@ def test_app_compare_and_query_view_show_two_ranked_columns(runs_root):
     )
     view = app.show_query(picker["value"], state)
 
-    assert "6 test queries" in summary and "randomization test" in summary
-    assert len(table) == 6
+    assert "4 test queries" in summary and "randomization test" in summary
+    assert len(table) == 4
     assert "A passage" in view and "B passage" in view
     improved, _ = app.filter_queries(state, "improved", "largest gain first")
     assert (improved["delta"] > 0).all()

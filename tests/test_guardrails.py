@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import set_seed
 
-from tests.conftest import training_args
+from tests.conftest import tiny_job_config, training_args
 from workbench import BinaryCrossEntropyLoss, CrossEncoder, CrossEncoderTrainer
 from workbench.evaluation.reranking import RerankingEvaluator, build_samples
 from workbench.guardrails import BaselineFirstCallback, CollapseCallback
@@ -148,18 +148,14 @@ def test_diverging_learning_rate_stops_the_job_and_keeps_the_last_good_checkpoin
     from workbench.job import run_job
     from workbench.runs import last_checkpoint, run_state
 
-    config = JobConfig(
-        base_model="minilm-l6-tiny",
-        baseline_model="minilm-l6-tiny",
+    config = tiny_job_config(
         max_train_queries=30,
         dev_queries=6,
         max_test_queries=3,
-        max_length=48,
         freeze_layers=0,
         batch_size=8,
         learning_rate=1e5,
         max_steps=12,
-        eval_steps=2,
     )
     with pytest.raises(TrainingDiverged, match=r"became nan at step \d+.*Lower the learning rate"):
         run_job(config, tmp_path)

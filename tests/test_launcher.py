@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from conftest import tiny_job_config
 
 from workbench.job import JobConfig
 from workbench.launcher import RunQueue
@@ -15,18 +16,7 @@ from workbench.runs import read_jsonl, run_state
 
 
 def tiny_config(**overrides) -> JobConfig:
-    values = dict(
-        base_model="minilm-l6-tiny",
-        baseline_model="minilm-l6-tiny",
-        max_train_queries=12,
-        dev_queries=6,
-        max_test_queries=6,
-        max_length=48,
-        freeze_layers=1,
-        batch_size=4,
-        eval_steps=2,
-    )
-    return JobConfig(**(values | overrides))
+    return tiny_job_config(**({"max_train_queries": 12, "dev_queries": 6} | overrides))
 
 
 def _wait_for(condition, timeout: float, what: str) -> None:
