@@ -68,3 +68,17 @@ def test_freeze_zero_layers_is_a_no_op(count):
     model = CrossEncoder("minilm-l6-tiny")
     freeze_bottom_layers(model, count)
     assert all(p.requires_grad for p in model.model.parameters())
+
+
+@pytest.mark.slow
+def test_job_with_one_test_query_finishes_without_a_paired_test(tmp_path):
+    from conftest import tiny_job_config
+
+    from workbench.job import run_job
+
+    results = run_job(tiny_job_config(max_test_queries=1, max_steps=2), tmp_path)
+
+    assert set(results) == {"bm25", "baseline", "finetuned"}
+    assert not (tmp_path / "comparison.json").exists()
+    assert "fine-tuned model" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "final" / "README.md").exists()

@@ -242,12 +242,13 @@ def _run_stages(
             "baseline": baseline,
             "finetuned": _pick(test.compute(tuned_scores), "test_"),
         }
-        comparison = compare_runs(baseline_per_query, test.per_query, metric="ndcg@10")
+        comparison = _paired_comparison(baseline_per_query, test.per_query)
     _write_per_query(run, baseline_per_query, test.per_query)
     systems = {"first_stage": first_stage_scores, "baseline": baseline_scores}
     _write_rankings(run, test, systems | {"finetuned": tuned_scores})
     run.write_json("results.json", results)
-    run.write_json("comparison.json", comparison_summary(comparison))
+    if comparison is not None:
+        run.write_json("comparison.json", comparison_summary(comparison))
     # The card reads results.json and comparison.json, so it is written right after them.
     run.write_text("final/README.md", model_card(run.root))
     report = render_report(config, data, results, pairs, trainer, timings, comparison)
@@ -593,6 +594,14 @@ def _baseline_scores(config: JobConfig, test: RerankingEvaluator) -> list[np.nda
             path.parent.mkdir(parents=True, exist_ok=True)
             np.savez(path, **{f"q{i}": s for i, s in enumerate(scores)})
     return scores
+
+
+def _paired_comparison(baseline, finetuned) -> RunComparison | None:
+    """Fine-tuned vs baseline per test query; None with fewer than 2 queries (no paired test)."""
+    if len(finetuned) < 2:
+        logger.info("One test query: no paired comparison of fine-tuned vs baseline")
+        return None
+    return compare_runs(baseline, finetuned, metric="ndcg@10")
 
 
 def comparison_summary(comparison: RunComparison) -> dict:
