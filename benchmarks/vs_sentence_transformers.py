@@ -176,13 +176,12 @@ def measure_rerank(system: str, precision: str, dataset: str, limit: int | None)
     pairs = (evaluator_pairs(scifact_candidates(None)) if dataset == "scifact" else dl19_pairs())[
         :limit
     ]
+    options = {"batch_size": 32, "show_progress_bar": False}
     if system == "workbench":
         from workbench import CrossEncoder
 
         model = CrossEncoder(MODEL, max_length=256)
-        score = lambda texts: model.predict(  # noqa: E731
-            texts, batch_size=32, precision=precision, show_progress_bar=False
-        )
+        options["precision"] = precision
     elif system == "workbench-onnx-int8":
         from workbench import CrossEncoder
         from workbench.onnx import OnnxCrossEncoder, export_onnx
@@ -190,7 +189,6 @@ def measure_rerank(system: str, precision: str, dataset: str, limit: int | None)
         folder = Path(tempfile.mkdtemp())
         export_onnx(CrossEncoder(MODEL, max_length=256), folder)
         model = OnnxCrossEncoder(folder, quantized=True)
-        score = lambda texts: model.predict(texts, batch_size=32, show_progress_bar=False)  # noqa: E731
     else:
         from sentence_transformers.cross_encoder import CrossEncoder as StCrossEncoder
 
@@ -198,7 +196,10 @@ def measure_rerank(system: str, precision: str, dataset: str, limit: int | None)
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = StCrossEncoder(embedded.resolve(MODEL)[0], max_length=256, device=device)
-        score = lambda texts: model.predict(texts, batch_size=32, show_progress_bar=False)  # noqa: E731
+
+    def score(texts):
+        return model.predict(texts, **options)
+
     score(pairs[:8])
     start = time.perf_counter()
     scores = np.asarray(score(pairs), dtype=np.float64)
