@@ -120,7 +120,9 @@ def main() -> None:
 
     results = {"settings": vars(args), "first_stage": None, "systems": {}}
     start = time.time()
-    results["systems"]["zero-shot"] = {"metrics": evaluator(CrossEncoder(MODEL))}
+    results["systems"]["zero-shot"] = {
+        "metrics": evaluator(CrossEncoder(MODEL, max_length=args.max_length))
+    }
     results["systems"]["zero-shot"]["seconds"] = round(time.time() - start, 1)
     for variant in args.variants.split(","):
         start = time.time()
