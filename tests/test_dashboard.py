@@ -119,8 +119,8 @@ def test_run_progress_of_finished_and_running_runs(finished_run, tmp_path):
 
 
 def test_log_tail_keeps_the_last_state_of_progress_bars(tmp_path):
-    (tmp_path / "train.log").write_text("start\n 10%|█\r 50%|█████\r100%|██████████\ndone\n")
-    assert log_tail(tmp_path) == "start\n100%|██████████\ndone"
+    (tmp_path / "train.log").write_text("start\n 10%|#\r 50%|###\r100%|#####\ndone\n")
+    assert log_tail(tmp_path) == "start\n100%|#####\ndone"
 
 
 def test_list_runs_shows_state_and_results(finished_run):
