@@ -1,4 +1,4 @@
-"""The main job's parts: freezing, baseline score cache, verdict."""
+"""The main job's parts: baseline score cache, verdict."""
 
 from __future__ import annotations
 
@@ -7,25 +7,13 @@ import logging
 import pytest
 from transformers import set_seed
 
-from workbench import CrossEncoder
 from workbench.job import (
     JobConfig,
     _baseline_metrics,
     _evaluator,
-    freeze_bottom_layers,
     prepare_data,
     verdict,
 )
-
-
-def test_freeze_bottom_layers_freezes_embeddings_and_first_layers():
-    model = CrossEncoder("minilm-l6")
-    freeze_bottom_layers(model, 4)
-    trainable = {n for n, p in model.model.named_parameters() if p.requires_grad}
-    assert not any(n.startswith("bert.embeddings") for n in trainable)
-    assert not any(f"encoder.layer.{i}." in n for n in trainable for i in range(4))
-    assert any("encoder.layer.4." in n for n in trainable)
-    assert {"classifier.weight", "classifier.bias"} <= trainable
 
 
 def test_baseline_scores_are_cached_by_model_and_data(tmp_path, monkeypatch, caplog):
@@ -61,13 +49,6 @@ def test_verdict_says_plainly_when_fine_tuning_lost():
     text = verdict(results)
     assert "beat bm25 (0.6700 vs 0.6600, +0.0100)" in text
     assert "did NOT beat baseline (0.6700 vs 0.6800, -0.0100)" in text
-
-
-@pytest.mark.parametrize("count", [0, -1])
-def test_freeze_zero_layers_is_a_no_op(count):
-    model = CrossEncoder("minilm-l6-tiny")
-    freeze_bottom_layers(model, count)
-    assert all(p.requires_grad for p in model.model.parameters())
 
 
 @pytest.mark.slow

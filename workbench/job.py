@@ -38,6 +38,7 @@ from workbench.guardrails import (
     divergence_advice,
 )
 from workbench.job_files import first_stage_runs, judged_queries, load_rows, split_by_query
+from workbench.layers import freeze_bottom_layers, set_attention_dropout
 from workbench.losses import recommend_losses
 from workbench.model import CrossEncoder
 from workbench.model_card import model_card
@@ -88,6 +89,7 @@ class JobConfig:
     baseline_model: str = "ms-marco-minilm-l12"
     max_length: int = 256
     freeze_layers: int = 8
+    attention_dropout: float | None = 0.0
     # Training
     loss: str = "BinaryCrossEntropyLoss"
     epochs: float = 1.0
@@ -223,6 +225,7 @@ def _run_stages(
     with _stage(timings, "training", run):
         model = CrossEncoder(config.base_model, max_length=config.max_length)
         freeze_bottom_layers(model, config.freeze_layers)
+        _attention_dropout(model, config.attention_dropout)
         pairs, eval_pairs = _training_rows(config, data)
         checkpoint = _last_checkpoint(run) if resume else None
         trainer = _trainer(config, model, pairs, dev, run, precision, eval_pairs, stop)
@@ -381,19 +384,13 @@ def training_pairs(
     return datasets.Dataset.from_dict(rows)
 
 
-def freeze_bottom_layers(model: CrossEncoder, count: int) -> None:
-    """Freeze the embeddings and the first `count` transformer layers (0 freezes nothing)."""
-    if count <= 0:
+def _attention_dropout(model: CrossEncoder, probability: float | None) -> None:
+    if probability is None:
         return
-    base = model.model.base_model
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if layers is None or not hasattr(base, "embeddings"):
-        raise NotImplementedError(
-            f"freeze_layers is not supported with {type(base).__name__} yet (BERT-style only)"
-        )
-    for module in [base.embeddings, *layers[:count]]:
-        module.requires_grad_(False)
-    logger.info("Froze embeddings and %d of %d layers", min(count, len(layers)), len(layers))
+    try:
+        set_attention_dropout(model, probability)
+    except NotImplementedError as err:
+        logger.warning("%s; kept the checkpoint's. Set attention_dropout to null to silence.", err)
 
 
 def render_report(
