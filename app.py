@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
+import torch
 
 from workbench import CrossEncoder, hub
 from workbench.data import (
@@ -438,6 +439,11 @@ def _probe_pairs(session: dict, batch: int) -> list[tuple[str, str]]:
     return list(zip(rows["query"].astype(str), passages, strict=True))
 
 
+def local_gpus() -> int:
+    """CUDA devices this machine shows the app."""
+    return torch.cuda.device_count()
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
@@ -458,8 +464,11 @@ def launch_training(
     freeze_layers: float,
     dev_queries: float,
     name: str,
+    gpus: float | None = 1,
 ):
-    """Handler: queue a training run in its own process; returns a note and the session."""
+    """Handler: queue a training run in its own process; returns a note and the session.
+
+    With several GPUs the run trains on `gpus` of them, one DDP process each."""
     session = dict(session)
     if session.get("source") is None:
         raise gr.Error("Load data on the Data tab first.")
@@ -478,6 +487,7 @@ def launch_training(
         "eval_steps": int(eval_steps) or None,
         "max_steps": int(max_steps) or None,
         "freeze_layers": int(freeze_layers),
+        "num_processes": max(1, int(gpus or 1)),
     }
     note = ""
     if session["source"] == "file":
@@ -852,6 +862,15 @@ def _train_tab() -> SimpleNamespace:
                 value=60, precision=0, label="Eval queries held out (without an eval file)"
             )
             run_name = gr.Textbox(label="Run name (optional)")
+            # Shown on machines with several GPUs: all of them by default, one process each.
+            gpus = gr.Number(
+                value=local_gpus(),
+                precision=0,
+                minimum=1,
+                maximum=max(1, local_gpus()),
+                label=f"GPUs to train on (of {local_gpus()}, one DDP process each)",
+                visible=local_gpus() > 1,
+            )
         with gr.Row():
             estimate_button = gr.Button("Estimate cost")
             launch_button = gr.Button("Launch", variant="primary")
@@ -1044,6 +1063,7 @@ def _wire_train(train: SimpleNamespace, session: gr.State) -> None:
             train.freeze,
             train.dev_queries,
             train.run_name,
+            train.gpus,
         ],
         [train.launch_note, session],
         api_name="launch",

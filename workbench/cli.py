@@ -10,11 +10,15 @@ import argparse
 import dataclasses
 import json
 import logging
+import signal
+import subprocess
 import sys
 import typing
 from pathlib import Path
 
+from workbench.distributed import is_main_process, torchrun_command, world_size
 from workbench.job import JobConfig, RunStopped, format_table, run_job
+from workbench.runs import run_state
 from workbench.security import install_log_redaction, scrub_secrets
 
 logger = logging.getLogger(__name__)
@@ -32,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     # The log often lands in a run folder (the dashboard's train.log): no token may reach it.
     install_log_redaction()
+    raw = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
-        args = parser.parse_args(["train", *(argv or [])])
+        raw = ["train", *raw]
+        args = parser.parse_args(raw)
+    args.argv = raw
     try:
         return args.handler(args)
     except (ValueError, FileNotFoundError, ImportError, PermissionError) as err:
@@ -51,17 +58,53 @@ def _train(args: argparse.Namespace) -> int:
         config = JobConfig.from_file(args.config, **overrides)
     else:
         config = JobConfig(**overrides)
+    if config.num_processes > 1 and world_size() == 1:
+        return _torchrun(config.num_processes, args.argv, args.output_dir)
+    if not is_main_process():
+        logging.getLogger("workbench").setLevel(logging.WARNING)
     try:
         results = run_job(config, args.output_dir, resume=args.resume)
     except RunStopped as err:
+        if not is_main_process():
+            return 0
         print(f"Stopped ({err}); continue with --resume. Run folder: {args.output_dir}")
-        return EXIT_STOPPED
+        # Under torchrun a worker's non-zero exit reads as a crash: the launcher says 3.
+        return EXIT_STOPPED if world_size() == 1 else 0
+    if not is_main_process():
+        return 0
     print()
     print(format_table(results))
     print()
     print(Path(args.output_dir, "report.md").read_text(encoding="utf-8").splitlines()[-1])
     print(f"Run folder: {args.output_dir}")
     return 0
+
+
+def _torchrun(num_processes: int, argv: list[str], output_dir: str) -> int:
+    """Run this same command once per process under torchrun and wait; a stopped run exits
+    EXIT_STOPPED as it does in one process. SIGTERM / SIGINT go on to torchrun."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus and num_processes > gpus:
+        raise ValueError(f"num_processes={num_processes} but only {gpus} GPUs are visible")
+    if not gpus:
+        logger.warning("num_processes=%d without a GPU: the processes share the CPU", num_processes)
+    command = torchrun_command(num_processes, argv)
+    logger.info("Starting %d training processes: %s", num_processes, " ".join(command))
+    process = subprocess.Popen(command)
+
+    def forward(signum, frame):
+        process.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = process.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    state = run_state(Path(output_dir)).state
+    return EXIT_STOPPED if state == "stopped" else code
 
 
 def _evaluate(args: argparse.Namespace) -> int:

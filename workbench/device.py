@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 
 import torch
 
@@ -13,9 +14,10 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def default_device() -> str:
-    """Return the best available device name."""
+    """Return the best available device name; under torchrun, this process's own GPU."""
     if torch.cuda.is_available():
-        return "cuda"
+        rank = os.environ.get("LOCAL_RANK")
+        return f"cuda:{rank}" if rank is not None else "cuda"
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return "mps"
     return "cpu"

@@ -10,6 +10,8 @@ import math
 
 from transformers import TrainerCallback
 
+from workbench.distributed import any_rank
+
 logger = logging.getLogger(__name__)
 
 _STD = "score_std"
@@ -40,15 +42,19 @@ class DivergenceCallback(TrainerCallback):
             self._bad_loss = value
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self._bad_loss is None or self.diverged is not None:
+        if self.diverged is not None:
             return
-        self.diverged = {"step": state.global_step, "loss": self._bad_loss}
+        # Under DDP one rank's bad loss stops them all at the same step.
+        if not any_rank(self._bad_loss is not None):
+            return
+        loss = self._bad_loss if self._bad_loss is not None else math.nan
+        self.diverged = {"step": state.global_step, "loss": loss}
         control.should_training_stop = True
         # Weights after a NaN step are NaN: no checkpoint or evaluation of them.
         control.should_save = control.should_evaluate = False
         logger.warning(
             "Training loss is %s at step %d with learning rate %g: training stops here. %s",
-            self._bad_loss,
+            loss,
             state.global_step,
             args.learning_rate,
             divergence_advice(args.learning_rate),

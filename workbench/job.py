@@ -29,6 +29,7 @@ from transformers import TrainingArguments
 from workbench import losses as loss_classes
 from workbench.data import BeirData, load_beir, scifact_path
 from workbench.device import default_device, resolve_precision
+from workbench.distributed import is_main_process, world_size
 from workbench.embedded import cache_dir
 from workbench.evaluation.compare import RunComparison, compare_runs
 from workbench.evaluation.reranking import RerankingEvaluator, build_samples
@@ -55,7 +56,7 @@ STOP_FILE = "STOP"
 # Candidate text kept per document in rankings_test.jsonl, enough to recognise a passage.
 _RANKING_TEXT_CHARS = 400
 # config.json keys the job adds that are not settings.
-_DERIVED_KEYS = ("resolved_precision",)
+_DERIVED_KEYS = ("resolved_precision", "world_size")
 
 
 class RunStopped(Exception):
@@ -100,6 +101,8 @@ class JobConfig:
     weight_decay: float = 0.01
     pos_weight: float | None = None
     precision: str = "auto"
+    # Training processes, one per GPU (DDP through torchrun); `workbench train` starts them.
+    num_processes: int = 1
     eval_steps: int | None = None
     eval_loss: bool = True
     seed: int = 12
@@ -154,8 +157,14 @@ def run_job(
     Raises:
         RunStopped: If a stop was requested (SIGTERM, SIGINT or the `STOP` file).
     """
+    if config.num_processes > 1 and world_size() == 1:
+        raise RuntimeError(
+            f"num_processes={config.num_processes} needs one process per GPU: start the job with "
+            "`workbench train` (it launches torchrun) or under torchrun yourself."
+        )
     run = RunFolder(output_dir)
-    (run.root / STOP_FILE).unlink(missing_ok=True)
+    if is_main_process():
+        (run.root / STOP_FILE).unlink(missing_ok=True)
     stop = StopCallback(run.root / STOP_FILE)
     _status(run, "running", started=time.time(), **process_record())
     try:
@@ -180,7 +189,8 @@ def _last_checkpoint(run: RunFolder) -> str | None:
 
 
 def _status(run: RunFolder, state: str, **fields) -> None:
-    run.write_json("status.json", {"state": state, **fields})
+    if is_main_process():
+        run.write_json("status.json", {"state": state, **fields})
 
 
 @contextlib.contextmanager
@@ -209,7 +219,9 @@ def _run_stages(
 ) -> dict[str, dict[str, float]]:
     timings: dict[str, float] = {}
     precision = resolve_precision(config.precision, default_device())
-    run.write_json("config.json", dataclasses.asdict(config) | {"resolved_precision": precision})
+    resolved = {"resolved_precision": precision, "world_size": world_size()}
+    if is_main_process():
+        run.write_json("config.json", dataclasses.asdict(config) | resolved)
     _seed(config.seed)
 
     with _stage(timings, "retrieval", run):
@@ -217,10 +229,12 @@ def _run_stages(
         dev_top_k = config.rerank_top_k if data.train_rows is not None else config.dev_top_k
         dev = _evaluator(data, data.dev, data.train_qrels, dev_top_k, "dev")
         test = _evaluator(data, data.test, data.test_qrels, config.rerank_top_k, "test")
+    # The other ranks only train: rank 0 scores, evaluates and writes the run folder.
     with _stage(timings, "baseline", run):
-        baseline_scores = _baseline_scores(config, test)
-        baseline = _pick(test.compute(baseline_scores), "test_")
-        baseline_per_query = test.per_query.copy()
+        if is_main_process():
+            baseline_scores = _baseline_scores(config, test)
+            baseline = _pick(test.compute(baseline_scores), "test_")
+            baseline_per_query = test.per_query.copy()
 
     with _stage(timings, "training", run):
         model = CrossEncoder(config.base_model, max_length=config.max_length)
@@ -234,6 +248,8 @@ def _run_stages(
         _train_with_advice(trainer, checkpoint, config)
         if stop.requested:
             raise RunStopped(f"stopped at step {trainer.state.global_step}")
+        if not is_main_process():
+            return {}
         # Into a staging folder first: a kill while saving leaves no half-written final/.
         write_folder_atomic(run.final_model, model.save_pretrained)
 
@@ -519,7 +535,9 @@ def _default_pos_weight(config: JobConfig, rows: datasets.Dataset) -> float:
 def _trainer(
     config, model, pairs, dev, run, precision, eval_pairs=None, stop=None
 ) -> CrossEncoderTrainer:
-    steps = config.max_steps or int(np.ceil(len(pairs) / config.batch_size) * config.epochs)
+    # Each of the world's processes takes its own batch of a step.
+    per_step = config.batch_size * world_size()
+    steps = config.max_steps or int(np.ceil(len(pairs) / per_step) * config.epochs)
     # Two evaluations inside the run; Trainer adds one at the last step.
     eval_steps = config.eval_steps or max(1, -(-steps // 3))
     # On your own rows the eval queries are also the report's: no checkpoint is picked by them.
@@ -550,6 +568,8 @@ def _trainer(
         report_to="none",
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Several CPU processes (tests, CPU-only machines) talk over gloo; GPUs over NCCL.
+        ddp_backend="gloo" if world_size() > 1 and default_device() == "cpu" else None,
     )
     return CrossEncoderTrainer(
         model,

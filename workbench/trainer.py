@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import seed_worker
 
+from workbench.distributed import any_rank
 from workbench.guardrails import BaselineFirstCallback, CollapseCallback, DivergenceCallback
 from workbench.losses import BinaryCrossEntropyLoss
 from workbench.runs import drop_torn_tail
@@ -156,6 +157,8 @@ class StopCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.stop_file is not None and self.stop_file.exists():
             self.requested = True
+        # Under DDP every rank must stop at the same step, or the others wait forever.
+        self.requested = any_rank(self.requested)
         if self.requested and not control.should_training_stop:
             logger.info("Stop requested: saving a checkpoint at step %d", state.global_step)
             control.should_save = True
