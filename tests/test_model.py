@@ -65,6 +65,25 @@ def test_predict_rejects_malformed_pairs(tiny_model):
         tiny_model.predict([(BERLIN, PASSAGES[0]), (BERLIN,)])
 
 
+def test_auto_precision_scores_as_bf16_where_native_else_fp32(tiny_model, scifact_test):
+    from workbench.device import fast_bf16
+
+    pairs = [
+        (scifact_test.queries[q], "Vitamin D and infections.")
+        for q in list(scifact_test.queries)[:6]
+    ]
+    expected = "bf16" if fast_bf16(tiny_model.device) else "fp32"
+    auto = tiny_model.predict(pairs, precision="auto")
+    assert np.array_equal(auto, tiny_model.predict(pairs, precision=expected))
+    if expected == "bf16":  # and not fp16, which CPUs emulate
+        assert not np.array_equal(auto, tiny_model.predict(pairs, precision="fp16"))
+
+
+def test_unknown_precision_is_refused(tiny_model):
+    with pytest.raises(ValueError, match="precision must be 'auto' or one of"):
+        tiny_model.predict([("a", "b")], precision="int8")
+
+
 def test_unknown_activation_is_refused():
     with pytest.raises(ValueError, match="activation must be one of"):
         CrossEncoder("minilm-l6-tiny", activation="softmax")

@@ -11,6 +11,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+_ANNOUNCED: set[str] = set()
 
 
 def default_device() -> str:
@@ -44,7 +45,11 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
     """
     if precision == "auto":
         chosen = "bf16" if fast_bf16(device) else "fp32"
-        logger.info("precision auto -> %s on %s", chosen, torch.device(device).type)
+        kind = torch.device(device).type
+        # Once per device type: scoring calls this on every predict().
+        if kind not in _ANNOUNCED:
+            _ANNOUNCED.add(kind)
+            logger.info("precision auto -> %s on %s", chosen, kind)
         return chosen
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}, got {precision!r}")

@@ -21,7 +21,7 @@ from transformers.utils.hub import is_offline_mode
 
 from workbench import embedded
 from workbench.calibration import Calibration
-from workbench.device import autocast, default_device
+from workbench.device import autocast, default_device, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ class Reranker:
             pairs: (query, passage) pairs.
             batch_size: Pairs per forward pass.
             activation: Overrides the model's activation for this call.
-            precision: `"fp32"`, `"bf16"` or `"fp16"` (autocast; bf16 is fast on CPUs with AMX).
+            precision: `"fp32"`, `"bf16"`, `"fp16"` (autocast) or `"auto"` (bf16 where it is
+                native: CUDA, CPUs with AMX or AVX-512 bf16; else fp32).
             show_progress_bar: Defaults to on for more than 256 pairs.
             calibrated: Return probabilities from the model's `calibration` (fitted with
                 `workbench.calibration.calibrate`) instead of the activation's output.
@@ -348,6 +349,7 @@ class CrossEncoder(Reranker):
     @contextlib.contextmanager
     def _scoring(self, precision: str):
         self.model.eval()
+        precision = resolve_precision(precision, self.device)
         with torch.inference_mode(), autocast(self.device, precision):
             yield
 
