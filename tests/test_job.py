@@ -63,3 +63,33 @@ def test_job_with_one_test_query_finishes_without_a_paired_test(tmp_path):
     assert not (tmp_path / "comparison.json").exists()
     assert "fine-tuned model" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "final" / "README.md").exists()
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_job_trainer_groups_batches_by_length_unless_told_not_to(tmp_path, grouped):
+    from conftest import tiny_job_config
+
+    from workbench import CrossEncoder
+    from workbench.job import _trainer, training_pairs
+    from workbench.runs import RunFolder
+    from workbench.sampling import LengthGroupedBatchSampler, token_lengths
+
+    config = tiny_job_config(group_by_length=grouped, max_length=512)
+    data = prepare_data(config)
+    pairs = training_pairs(data, 3)
+    dev = _evaluator(data, data.dev, data.train_qrels, 5, "dev")
+    model = CrossEncoder(config.base_model, max_length=config.max_length)
+    sampler = _trainer(
+        config, model, pairs, dev, RunFolder(tmp_path), "fp32"
+    )._train_batch_sampler()
+    if not grouped:
+        assert sampler is None  # the Trainer's shuffled batches
+        return
+    assert isinstance(sampler, LengthGroupedBatchSampler)
+    lengths = token_lengths(pairs, model.tokenizer, max_length=512)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(len(pairs)))
+    # Padded tokens: grouped batches need fewer than the same rows in input order.
+    padded = sum(lengths[b].max() * len(b) for b in batches)
+    plain = sum(lengths[i : i + 4].max() * len(lengths[i : i + 4]) for i in range(0, len(pairs), 4))
+    assert padded < plain
