@@ -16,8 +16,9 @@ when reporting). Prints Markdown tables with ratios to sentence-transformers; wr
   all-MiniLM-L6-v2 recipe (every layer trained) for throughput;
 - rerank: SciFact test BM25 top-30 and TREC DL 2019 top-100 with the L-12 reranker; scores of
   both libraries compared in fp32; our bf16 and ONNX int8 paths with their ranking agreement;
-- growth: all-MiniLM-L6-v2 (2 layers) training time and peak RSS at growing data sizes, and
-  scoring time at 1, 10 and 100 candidates per query.
+- growth: all-MiniLM-L6-v2 cut to 2 layers, 64 tokens, both libraries: one epoch on 1k, 5k and
+  20k WikiQA rows (read through `datasets`, memory-mapped), and scoring 1, 10 and 100 candidates
+  for each of 100 questions; time should grow linearly and peak RSS stay flat.
 """
 
 from __future__ import annotations
@@ -232,43 +233,81 @@ def measure_rerank(system: str, precision: str, dataset: str, limit: int | None)
     }
 
 
-def measure_growth(size: int, candidates: int) -> dict:
-    """Training (1 epoch of `size` WikiQA pairs) or scoring `candidates` per query."""
+def measure_growth(system: str, size: int, candidates: int) -> dict:
+    """Train one epoch of `size` WikiQA rows (`candidates` 0), or score `candidates` WikiQA
+    sentences for each of `size` questions, with the 2-layer all-MiniLM-L6-v2 at 64 tokens."""
     import datasets
-    import torch
-    from transformers import TrainingArguments
-
-    from workbench import CrossEncoder, CrossEncoderTrainer
 
     rows = datasets.load_dataset(
         "json", data_files=str(SHARED / "wikiqa" / "train.jsonl"), split="train"
     ).select_columns(["query", "passage", "label"])
-    rows = rows.select(range(min(size, len(rows))))
-    model = CrossEncoder("minilm-l6-tiny", max_length=64)
+    model = _growth_model(system)
     start = time.perf_counter()
     if candidates == 0:
+        rows = rows.select(range(min(size, len(rows))))
         with tempfile.TemporaryDirectory() as folder:
-            args = TrainingArguments(
-                output_dir=folder,
-                per_device_train_batch_size=32,
-                num_train_epochs=1,
-                save_strategy="no",
-                report_to="none",
-                disable_tqdm=True,
-                use_cpu=not torch.cuda.is_available(),
-            )
-            CrossEncoderTrainer(model, args, train_dataset=rows).train()
+            train = _grow_st if system == "sentence-transformers" else _grow_workbench
+            train(model, rows, folder)
+        count = len(rows)
     else:
-        queries = list(dict.fromkeys(rows["query"]))[: max(1, size // candidates)]
-        passages = rows["passage"][:candidates]
-        model.predict([(q, p) for q in queries for p in passages], show_progress_bar=False)
+        queries = list(dict.fromkeys(rows["query"]))[:size]
+        passages = rows.shuffle(seed=0)["passage"][:candidates]
+        pairs = [(q, p) for q in queries for p in passages]
+        model.predict(pairs, batch_size=32, show_progress_bar=False)
+        count = len(pairs)
+    seconds = time.perf_counter() - start
     return {
         "part": "growth",
-        "rows": len(rows),
+        "system": system,
+        "rows": count,
         "candidates": candidates,
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(seconds, 1),
+        "pairs_per_s": round(count / seconds, 1),
         "peak_rss_mb": _peak_rss_mb(),
     }
+
+
+def _growth_model(system: str):
+    from workbench import CrossEncoder, embedded
+
+    if system != "sentence-transformers":
+        return CrossEncoder("minilm-l6-tiny", max_length=64)
+    from sentence_transformers.cross_encoder import CrossEncoder as StCrossEncoder
+
+    return StCrossEncoder(embedded.resolve("minilm-l6-tiny")[0], num_labels=1, max_length=64)
+
+
+def _growth_args(folder: str, cls):
+    import torch
+
+    return cls(
+        output_dir=folder,
+        per_device_train_batch_size=32,
+        num_train_epochs=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=12,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def _grow_workbench(model, rows, folder: str) -> None:
+    from transformers import TrainingArguments
+
+    from workbench import CrossEncoderTrainer
+
+    args = _growth_args(folder, TrainingArguments)
+    CrossEncoderTrainer(model, args, train_dataset=rows).train()
+
+
+def _grow_st(model, rows, folder: str) -> None:
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer as StTrainer
+    from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss as StBCE
+
+    args = _growth_args(folder, CrossEncoderTrainingArguments)
+    StTrainer(model=model, args=args, train_dataset=rows, loss=StBCE(model)).train()
 
 
 def _peak_rss_mb() -> int:
@@ -301,8 +340,10 @@ def cases(parts: list[str], quick: bool, test: int) -> list[list[str]]:
                 found.append(["rerank", system, precision, dataset, limit])
     if "growth" in parts:
         sizes = (1000, 2000, 4000) if quick else (1000, 5000, 20000)
-        found += [["growth", str(size), "0"] for size in sizes]
-        found += [["growth", "1000", str(c)] for c in (1, 10, 100)]
+        questions = "30" if quick else "100"
+        for system in ("workbench", "sentence-transformers"):
+            found += [["growth", system, str(size), "0"] for size in sizes]
+            found += [["growth", system, questions, str(c)] for c in (1, 10, 100)]
     return found
 
 
@@ -314,7 +355,7 @@ def run_one(case: list[str]) -> dict:
     if part == "rerank":
         system, precision, dataset, limit = rest
         return measure_rerank(system, precision, dataset, int(limit) or None)
-    return measure_growth(int(rest[0]), int(rest[1]))
+    return measure_growth(rest[0], int(rest[1]), int(rest[2]))
 
 
 def agreement(results: list[dict]) -> None:
