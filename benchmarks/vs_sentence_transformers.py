@@ -104,6 +104,8 @@ def measure_train(system: str, precision: str, model: str, steps: int | None, te
             "train_s": round(runtime, 1),
             "wall_s": round(wall, 1),
             "peak_rss_mb": _peak_rss_mb(),
+            "mean_tokens": _mean_tokens(list(zip(pairs["query"], pairs["passage"], strict=True))),
+            "trained_layers": None if frozen == 0 else _layers(model) - frozen,
         }
         if test:
             from workbench import CrossEncoder
@@ -214,6 +216,7 @@ def measure_rerank(system: str, precision: str, dataset: str, limit: int | None)
     def score(texts):
         return model.predict(texts, **options)
 
+    tokens = _mean_tokens(pairs)
     score(pairs[:8])
     start = time.perf_counter()
     scores = np.asarray(score(pairs), dtype=np.float64)
@@ -229,6 +232,7 @@ def measure_rerank(system: str, precision: str, dataset: str, limit: int | None)
         "seconds": round(seconds, 1),
         "pairs_per_s": round(len(pairs) / seconds, 2),
         "peak_rss_mb": _peak_rss_mb(),
+        "mean_tokens": tokens,
         "scores": str(out),
     }
 
@@ -310,6 +314,54 @@ def _grow_st(model, rows, folder: str) -> None:
     StTrainer(model=model, args=args, train_dataset=rows, loss=StBCE(model)).train()
 
 
+def measure_bound() -> dict:
+    """The machine's matmul rate at the models' feed-forward shape (16 x 256 tokens, 384 ->
+    1536), fp32 and bf16: the ceiling that pairs/s are reported against."""
+    import torch
+
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(4096, 384, dtype=dtype), torch.randn(384, 1536, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        start, reps = time.perf_counter(), 30
+        for _ in range(reps):
+            a @ b
+        rates[f"{name}_tflops"] = round(
+            2 * 4096 * 384 * 1536 * reps / (time.perf_counter() - start) / 1e12, 3
+        )
+    return {"part": "bound", "threads": torch.get_num_threads(), **rates}
+
+
+def flops_per_pair(model: str, tokens: float, trained_layers: int | None = None) -> float:
+    """Forward FLOPs of one pair (matmuls only), plus the backward of the trained layers when
+    `trained_layers` is given (0 = scoring; None with training = every layer trained)."""
+    from transformers import AutoConfig
+
+    from workbench import embedded
+
+    config = AutoConfig.from_pretrained(embedded.resolve(model)[0])
+    h, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_layer = tokens * (8 * h * h + 4 * h * inner + 4 * tokens * h)
+    backward = 2 * per_layer * (layers if trained_layers is None else trained_layers)
+    return per_layer * layers + backward
+
+
+def _mean_tokens(pairs: list[tuple[str, str]]) -> float:
+    from workbench import CrossEncoder
+
+    lengths = CrossEncoder("minilm-l6-tiny", max_length=256).token_lengths(pairs)
+    return round(float(np.mean(lengths)), 1)
+
+
+def _layers(model: str) -> int:
+    from transformers import AutoConfig
+
+    from workbench import embedded
+
+    return AutoConfig.from_pretrained(embedded.resolve(model)[0]).num_hidden_layers
+
+
 def _peak_rss_mb() -> int:
     scale = 1024 * 1024 if sys.platform == "darwin" else 1024
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale)
@@ -320,7 +372,7 @@ def _peak_rss_mb() -> int:
 
 def cases(parts: list[str], quick: bool, test: int) -> list[list[str]]:
     limit = "1000" if quick else "3000"
-    found = []
+    found = [["bound"]] if "bound" in parts else []
     if "train" in parts:
         systems = ("workbench", "workbench-dropout", "sentence-transformers")
         # bf16: the main job's recipe for a whole epoch, then test nDCG@10. fp32 (4x slower
@@ -352,6 +404,8 @@ def run_one(case: list[str]) -> dict:
     if part == "train":
         system, precision, model, steps, test = rest
         return measure_train(system, precision, model, int(steps) or None, int(test))
+    if part == "bound":
+        return measure_bound()
     if part == "rerank":
         system, precision, dataset, limit = rest
         return measure_rerank(system, precision, dataset, int(limit) or None)
@@ -383,11 +437,17 @@ def _top10(scores: np.ndarray, start: int, width: int) -> set[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--parts", default="train,rerank,growth")
+    parser.add_argument("--parts", default="bound,train,rerank,growth")
     parser.add_argument("--output", default="runs/vs_sentence_transformers.json")
     parser.add_argument("--test-queries", type=int, default=100, help="SciFact test claims")
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--report", nargs="+", help="print the tables of earlier --output files")
     args = parser.parse_args()
+    if args.report:
+        results = [r for f in args.report for r in json.loads(Path(f).read_text())["results"]]
+        agreement(results)
+        print(tables(results))
+        return
     if args.quick:
         args.test_queries = min(args.test_queries, 30)
     if args.one:
@@ -411,29 +471,41 @@ def main() -> None:
 
 
 def tables(results: list[dict]) -> str:
-    """The three parts as Markdown, each row with its ratio to sentence-transformers."""
-    lines = []
+    """The three parts as Markdown, each row with its ratio to sentence-transformers and, with
+    a `bound` measurement, its share of the machine's matmul ceiling."""
+    bound = next((r for r in results if r["part"] == "bound"), None)
+    lines = [] if bound is None else [f"Matmul ceiling: {bound}", ""]
     train = [r for r in results if r["part"] == "train"]
     if train:
-        lines += ["| model | precision | system | pairs | pairs/s | x ST | train s | peak RSS MB "
-                  "| nDCG@10 |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "| model | precision | system | pairs | pairs/s | x ST | of bound | train s "
+            "| peak RSS MB | nDCG@10 |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in train:
             ref = _reference(train, r, ("model", "precision"))
+            share = _share(r, bound, r["model"], r.get("trained_layers"))
             lines.append(
                 f"| {r['model']} | {r['precision']} | {r['system']} | {r['pairs']} "
-                f"| {r['pairs_per_s']} | {_ratio(r, ref)} | {r['train_s']} | {r['peak_rss_mb']} "
-                f"| {r.get('ndcg@10', '')} |"
+                f"| {r['pairs_per_s']} | {_ratio(r, ref)} | {share} | {r['train_s']} "
+                f"| {r['peak_rss_mb']} | {r.get('ndcg@10', '')} |"
             )
     rerank = [r for r in results if r["part"] == "rerank"]
     if rerank:
-        lines += ["", "| set | path | pairs | pairs/s | x ST | max abs diff | same top-10 "
-                  "| peak RSS MB |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "| set | path | pairs | pairs/s | x ST | of bound | max abs diff | same top-10 "
+            "| peak RSS MB |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in rerank:
             ref = _reference(rerank, r, ("set",))
+            share = "" if "onnx" in r["system"] else _share(r, bound, MODEL, 0)
             lines.append(
                 f"| {r['set']} | {r['system']} {r['precision']} | {r['pairs']} "
-                f"| {r['pairs_per_s']} | {_ratio(r, ref)} | {r.get('max_abs_diff', '')} "
-                f"| {r.get('same_top10_share', '')} | {r['peak_rss_mb']} |"
+                f"| {r['pairs_per_s']} | {_ratio(r, ref)} | {share} "
+                f"| {r.get('max_abs_diff', '')} | {r.get('same_top10_share', '')} "
+                f"| {r['peak_rss_mb']} |"
             )
     growth = [r for r in results if r["part"] == "growth"]
     if growth:
@@ -458,6 +530,15 @@ def _reference(rows: list[dict], row: dict, keys: tuple[str, ...]) -> dict | Non
         ),
         None,
     )  # fmt: skip
+
+
+def _share(row: dict, bound: dict | None, model: str, trained: int | None) -> str:
+    """pairs/s as a share of the ceiling: the matmul rate over the FLOPs of a pair."""
+    if bound is None or "mean_tokens" not in row:
+        return ""
+    rate = bound[f"{row['precision']}_tflops"] * 1e12
+    ceiling = rate / flops_per_pair(model, row["mean_tokens"], trained)
+    return f"{row['pairs_per_s'] / ceiling:.0%} of {ceiling:.0f}"
 
 
 def _ratio(row: dict, reference: dict | None) -> str:
