@@ -864,7 +864,7 @@ def _train_tab() -> SimpleNamespace:
             run_name = gr.Textbox(label="Run name (optional)")
             # Shown on machines with several GPUs: all of them by default, one process each.
             gpus = gr.Number(
-                value=local_gpus(),
+                value=max(1, local_gpus()),
                 precision=0,
                 minimum=1,
                 maximum=max(1, local_gpus()),

@@ -93,3 +93,15 @@ def test_job_trainer_groups_batches_by_length_unless_told_not_to(tmp_path, group
     padded = sum(lengths[b].max() * len(b) for b in batches)
     plain = sum(lengths[i : i + 4].max() * len(lengths[i : i + 4]) for i in range(0, len(pairs), 4))
     assert padded < plain
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("attention_dropout", 1.0, r"attention_dropout expects a value in \[0, 1\) or null"),
+        ("num_processes", 0, "num_processes expects 1 or more"),
+    ],
+)
+def test_job_config_refuses_bad_values_at_once(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        JobConfig(**{field: value})

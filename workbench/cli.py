@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -17,8 +18,8 @@ import typing
 from pathlib import Path
 
 from workbench.distributed import is_main_process, torchrun_command, world_size
-from workbench.job import JobConfig, RunStopped, format_table, run_job
-from workbench.runs import run_state
+from workbench.job import STOP_FILE, JobConfig, RunStopped, format_table, run_job
+from workbench.runs import RunFolder, run_state
 from workbench.security import install_log_redaction, scrub_secrets
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,9 @@ def _train(args: argparse.Namespace) -> int:
         config = JobConfig(**overrides)
     if config.num_processes > 1 and world_size() == 1:
         return _torchrun(config.num_processes, args.argv, args.output_dir)
+    if world_size() == 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        # One process, one GPU: the Trainer would spread it over all of them with DataParallel.
+        os.environ["CUDA_VISIBLE_DEVICES"] = "0"
     if not is_main_process():
         logging.getLogger("workbench").setLevel(logging.WARNING)
     try:
@@ -81,8 +85,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _torchrun(num_processes: int, argv: list[str], output_dir: str) -> int:
-    """Run this same command once per process under torchrun and wait; a stopped run exits
-    EXIT_STOPPED as it does in one process. SIGTERM / SIGINT go on to torchrun."""
+    """Run this same command once per process under torchrun and wait.
+
+    A first SIGTERM / SIGINT writes the run's STOP file, so every rank stops at the same step
+    with a checkpoint (torchrun's own signal handling gives workers 30 s, then kills them); a
+    second one ends torchrun. Exit status: 3 for a stopped run, as in one process.
+    """
     import torch
 
     gpus = torch.cuda.device_count()
@@ -90,21 +98,34 @@ def _torchrun(num_processes: int, argv: list[str], output_dir: str) -> int:
         raise ValueError(f"num_processes={num_processes} but only {gpus} GPUs are visible")
     if not gpus:
         logger.warning("num_processes=%d without a GPU: the processes share the CPU", num_processes)
+    env = dict(os.environ)
+    if gpus > num_processes and "CUDA_VISIBLE_DEVICES" not in env:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(num_processes))
     command = torchrun_command(num_processes, argv)
     logger.info("Starting %d training processes: %s", num_processes, " ".join(command))
-    process = subprocess.Popen(command)
+    # Its own session: a terminal's Ctrl-C reaches this process only, which asks for a stop.
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    stop_file = Path(output_dir) / STOP_FILE
 
-    def forward(signum, frame):
-        process.send_signal(signum)
+    def on_signal(signum, frame):
+        if stop_file.exists():
+            process.terminate()
+        else:
+            stop_file.touch()
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         code = process.wait()
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-    state = run_state(Path(output_dir)).state
-    return EXIT_STOPPED if state == "stopped" else code
+    if code == 0 and run_state(output_dir).state == "stopped":
+        return EXIT_STOPPED
+    if code != 0:
+        # A worker crashed: rank 0 may have been told to stop and written "stopped".
+        error = f"a training process exited with code {code}; see the log"
+        RunFolder(output_dir).write_json("status.json", {"state": "failed", "error": error})
+    return code
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -42,6 +42,15 @@ def any_rank(flag: bool) -> bool:
     return bool(votes.item())
 
 
+def broadcast_from_main(value):
+    """Rank 0's `value` on every rank (a collective); outside a process group, `value`."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def torchrun_command(num_processes: int, argv: list[str]) -> list[str]:
     """The command that runs `python -m workbench ARGV` in `num_processes` DDP processes."""
     return [

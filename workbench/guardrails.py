@@ -52,6 +52,8 @@ class DivergenceCallback(TrainerCallback):
         control.should_training_stop = True
         # Weights after a NaN step are NaN: no checkpoint or evaluation of them.
         control.should_save = control.should_evaluate = False
+        if not state.is_world_process_zero:
+            return
         logger.warning(
             "Training loss is %s at step %d with learning rate %g: training stops here. %s",
             loss,

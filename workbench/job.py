@@ -111,6 +111,16 @@ class JobConfig:
     # Cost
     cache_baseline_scores: bool = True
 
+    def __post_init__(self) -> None:
+        # Checked here, not at the training stage after a long baseline.
+        if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(
+                f"attention_dropout expects a value in [0, 1) or null, got "
+                f"{self.attention_dropout!r}"
+            )
+        if self.num_processes < 1:
+            raise ValueError(f"num_processes expects 1 or more, got {self.num_processes!r}")
+
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> JobConfig:
         """Read a JSON config file (a run's own `config.json` too); keyword overrides win."""
@@ -232,12 +242,10 @@ def _run_stages(
         # Scored at the training precision: bf16 halves the scoring time where it is native.
         dev = _evaluator(data, data.dev, data.train_qrels, dev_top_k, "dev", precision)
         test = _evaluator(data, data.test, data.test_qrels, config.rerank_top_k, "test", precision)
-    # The other ranks only train: rank 0 scores, evaluates and writes the run folder.
-    with _stage(timings, "baseline", run):
-        if is_main_process():
-            baseline_scores = _baseline_scores(config, test)
-            baseline = _pick(test.compute(baseline_scores), "test_")
-            baseline_per_query = test.per_query.copy()
+    # Under DDP the baseline waits until after training: the other ranks would otherwise sit
+    # in their first collective while rank 0 scores, and time out on a long test set.
+    if world_size() == 1:
+        baseline_scores, baseline, baseline_per_query = _baseline_stage(config, test, timings, run)
 
     with _stage(timings, "training", run):
         model = CrossEncoder(config.base_model, max_length=config.max_length)
@@ -251,10 +259,13 @@ def _run_stages(
         _train_with_advice(trainer, checkpoint, config)
         if stop.requested:
             raise RunStopped(f"stopped at step {trainer.state.global_step}")
+        # The other ranks only train: rank 0 scores, evaluates and writes the run folder.
         if not is_main_process():
             return {}
         # Into a staging folder first: a kill while saving leaves no half-written final/.
         write_folder_atomic(run.final_model, model.save_pretrained)
+    if world_size() > 1:
+        baseline_scores, baseline, baseline_per_query = _baseline_stage(config, test, timings, run)
 
     with _stage(timings, "final evaluation", run):
         first_stage_scores = _first_stage_scores(test)
@@ -277,6 +288,13 @@ def _run_stages(
     run.write_text("report.md", report)
     logger.info("Job finished in %.0f s; run folder %s", sum(timings.values()), run.root)
     return results
+
+
+def _baseline_stage(config, test, timings, run):
+    with _stage(timings, "baseline", run):
+        scores = _baseline_scores(config, test)
+        metrics = _pick(test.compute(scores), "test_")
+        return scores, metrics, test.per_query.copy()
 
 
 def _train_with_advice(trainer: CrossEncoderTrainer, checkpoint: str | None, config) -> None:
@@ -435,8 +453,9 @@ def render_report(
         data_line,
         f"Model: `{config.base_model}` fine-tuned with {config.loss}, {config.epochs} epoch(s), "
         f"lr {config.learning_rate}, batch {config.batch_size}, max_length {config.max_length}, "
-        f"bottom {config.freeze_layers} layers frozen; "
-        f"baseline `{config.baseline_model}` zero-shot.",
+        f"bottom {config.freeze_layers} layers frozen, attention dropout "
+        f"{'as the checkpoint' if config.attention_dropout is None else config.attention_dropout}"
+        f", {world_size()} process(es); baseline `{config.baseline_model}` zero-shot.",
         f"Training steps: {trainer.state.global_step}; best checkpoint: "
         f"{trainer.state.best_model_checkpoint or 'final step'}." + baseline_first_note(trainer),
         f"Wall time {sum(timings.values()):.0f} s ("
@@ -538,8 +557,10 @@ def _default_pos_weight(config: JobConfig, rows: datasets.Dataset) -> float:
 def _trainer(
     config, model, pairs, dev, run, precision, eval_pairs=None, stop=None
 ) -> CrossEncoderTrainer:
-    # Each of the world's processes takes its own batch of a step.
-    per_step = config.batch_size * world_size()
+    # Each process takes its own batch of a step; one process on several GPUs (DataParallel,
+    # when run_job is called directly) takes one per GPU.
+    data_parallel = torch.cuda.device_count() if world_size() == 1 else 1
+    per_step = config.batch_size * world_size() * max(1, data_parallel)
     steps = config.max_steps or int(np.ceil(len(pairs) / per_step) * config.epochs)
     # Two evaluations inside the run; Trainer adds one at the last step.
     eval_steps = config.eval_steps or max(1, -(-steps // 3))

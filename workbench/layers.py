@@ -36,7 +36,8 @@ def freeze_bottom_layers(model: CrossEncoder, count: int) -> None:
     for module in [base.embeddings, *layers[:count]]:
         module.requires_grad_(False)
         # The Trainer calls model.train() every step; each frozen module turns itself back.
-        module.register_forward_pre_hook(_stay_in_eval)
+        if not hasattr(module, "_workbench_eval_hook"):
+            module._workbench_eval_hook = module.register_forward_pre_hook(_stay_in_eval)
     logger.info("Froze embeddings and %d of %d layers", min(count, len(layers)), len(layers))
 
 
@@ -77,5 +78,6 @@ def _bert_parts(model: CrossEncoder, option: str):
 
 
 def _stay_in_eval(module: nn.Module, args) -> None:
-    if module.training:
+    # A module unfrozen later (requires_grad back on) trains with dropout again.
+    if module.training and not any(p.requires_grad for p in module.parameters()):
         module.eval()

@@ -108,7 +108,8 @@ def _data_section(config: dict) -> str:
 def _training_section(config: dict) -> str:
     keys = (
         "loss", "epochs", "max_steps", "learning_rate", "batch_size", "warmup_ratio",
-        "weight_decay", "max_length", "freeze_layers", "precision", "resolved_precision", "seed",
+        "weight_decay", "max_length", "freeze_layers", "attention_dropout", "group_by_length",
+        "precision", "resolved_precision", "world_size", "seed",
     )  # fmt: skip
     rows = "\n".join(f"| `{k}` | {config.get(k)} |" for k in keys if k in config)
     return f"## Training\n\n| setting | value |\n|---|---|\n{rows}\n"

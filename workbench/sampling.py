@@ -441,12 +441,18 @@ def length_grouped_order(rng: np.random.Generator, lengths: np.ndarray, group: i
 def shuffle_batches(
     rng: np.random.Generator, batches: list[list[int]], lengths: np.ndarray
 ) -> list[list[int]]:
-    """Batches in random order, except that the one holding the longest row goes first."""
+    """Batches in random order, except that the one holding the longest row goes first and a
+    short batch goes last (where DDP's batch sharding expects it; elsewhere it drops a round)."""
     if not batches:
         return batches
+    size = max(len(b) for b in batches)
+    short = [b for b in batches if len(b) < size]
+    batches = [b for b in batches if len(b) == size]
     batches = [batches[i] for i in rng.permutation(len(batches))]
+    if not batches:
+        return short
     longest = max(range(len(batches)), key=lambda b: lengths[batches[b]].max())
-    return [batches[longest], *batches[:longest], *batches[longest + 1 :]]
+    return [batches[longest], *batches[:longest], *batches[longest + 1 :], *short]
 
 
 def token_lengths(

@@ -15,11 +15,11 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, SequentialSampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import seed_worker
 
-from workbench.distributed import any_rank
+from workbench.distributed import any_rank, broadcast_from_main
 from workbench.guardrails import BaselineFirstCallback, CollapseCallback, DivergenceCallback
 from workbench.losses import BinaryCrossEntropyLoss
 from workbench.runs import drop_torn_tail
@@ -419,6 +419,13 @@ class CrossEncoderTrainer(Trainer):
             self._loss_parts = {}
         super().log(logs, start_time)
 
+    def _get_eval_sampler(self, eval_dataset):
+        """Eval rows in order. The Trainer's length grouping for eval needs tokenized rows;
+        these are text, and the eval loss does not depend on the order."""
+        if eval_dataset is None or self.args.world_size > 1:
+            return None
+        return SequentialSampler(eval_dataset)
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """Eval loss (when an eval dataset is set) plus the evaluator's metrics."""
         metrics = {}
@@ -438,7 +445,10 @@ class CrossEncoderTrainer(Trainer):
 
         start = time.time()
         self.cross_encoder.device = self.args.device
-        scores = self.evaluator(self.cross_encoder)
+        # Rank 0 scores and the others take its metrics: every rank must see the same values,
+        # since checkpoint choices (and the barriers around them) follow from them.
+        scores = self.evaluator(self.cross_encoder) if self.is_world_process_zero() else None
+        scores = broadcast_from_main(scores)
         extra = {f"{metric_key_prefix}_{k}": v for k, v in scores.items()}
         extra[f"{metric_key_prefix}_evaluator_runtime"] = round(time.time() - start, 2)
         metrics |= extra
