@@ -430,6 +430,38 @@ def agreement(results: list[dict]) -> None:
         row["same_top10_share"] = round(float(np.mean(same)), 3) if same else None
 
 
+def ranking_quality(results: list[dict]) -> None:
+    """Add nDCG@10 of each scoring path on the queries its pairs cover (all their candidates)."""
+    evaluators = {}
+    for row in results:
+        if row["part"] != "rerank":
+            continue
+        width = 30 if row["set"] == "scifact" else 100
+        count = row["pairs"] // width
+        if (row["set"], count) not in evaluators:
+            evaluators[row["set"], count] = _set_evaluator(row["set"], count)
+        evaluator = evaluators[row["set"], count]
+        sizes = [len(sample.candidates) for sample in evaluator.samples]
+        if sizes != [width] * count:  # pairs and queries would not line up
+            continue
+        scores = np.load(row["scores"])[: count * width].reshape(count, width)
+        row["ndcg@10"] = round(evaluator.compute(list(scores))["ndcg@10"], 4)
+
+
+def _set_evaluator(dataset: str, count: int):
+    from workbench.evaluation import BeirSet
+    from workbench.evaluation.reranking import RerankingEvaluator, build_samples
+
+    if dataset == "scifact":
+        return scifact_candidates(count)
+    folder = SHARED / "trec-dl-2019-passage"
+    dl19 = BeirSet.from_folder(folder, relevance_level=2, run_file=folder / "bm25_top100.tsv")
+    samples = build_samples(
+        dl19.data.queries, dl19.data.qrels, dl19.data.corpus, dl19.run, top_k=100
+    )[:count]
+    return RerankingEvaluator(samples, relevance_level=2)
+
+
 def _top10(scores: np.ndarray, start: int, width: int) -> set[int]:
     return set(np.argsort(-scores[start : start + width])[:10].tolist())
 
@@ -446,6 +478,7 @@ def main() -> None:
     if args.report:
         results = [r for f in args.report for r in json.loads(Path(f).read_text())["results"]]
         agreement(results)
+        ranking_quality(results)
         print(tables(results))
         return
     if args.quick:
@@ -465,6 +498,8 @@ def main() -> None:
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)
     agreement(results)
+    if any(r["part"] == "rerank" for r in results):
+        ranking_quality(results)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps({"quick": args.quick, "results": results}, indent=2))
     print(tables(results))
@@ -495,8 +530,8 @@ def tables(results: list[dict]) -> str:
         lines += [
             "",
             "| set | path | pairs | pairs/s | x ST | of bound | max abs diff | same top-10 "
-            "| peak RSS MB |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| nDCG@10 | peak RSS MB |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rerank:
             ref = _reference(rerank, r, ("set",))
@@ -504,8 +539,8 @@ def tables(results: list[dict]) -> str:
             lines.append(
                 f"| {r['set']} | {r['system']} {r['precision']} | {r['pairs']} "
                 f"| {r['pairs_per_s']} | {_ratio(r, ref)} | {share} "
-                f"| {r.get('max_abs_diff', '')} | {r.get('same_top10_share', '')} "
-                f"| {r['peak_rss_mb']} |"
+                f"| {_short(r.get('max_abs_diff'))} | {r.get('same_top10_share', '')} "
+                f"| {r.get('ndcg@10', '')} | {r['peak_rss_mb']} |"
             )
     growth = [r for r in results if r["part"] == "growth"]
     if growth:
@@ -539,6 +574,10 @@ def _share(row: dict, bound: dict | None, model: str, trained: int | None) -> st
     rate = bound[f"{row['precision']}_tflops"] * 1e12
     ceiling = rate / flops_per_pair(model, row["mean_tokens"], trained)
     return f"{row['pairs_per_s'] / ceiling:.0%} of {ceiling:.0f}"
+
+
+def _short(value: float | None) -> str:
+    return "" if value is None else f"{value:.1e}"
 
 
 def _ratio(row: dict, reference: dict | None) -> str:
