@@ -246,20 +246,22 @@ def measure_growth(system: str, size: int, candidates: int) -> dict:
         "json", data_files=str(SHARED / "wikiqa" / "train.jsonl"), split="train"
     ).select_columns(["query", "passage", "label"])
     model = _growth_model(system)
-    start = time.perf_counter()
     if candidates == 0:
         rows = rows.select(range(min(size, len(rows))))
+        count = len(rows)
         with tempfile.TemporaryDirectory() as folder:
             train = _grow_st if system == "sentence-transformers" else _grow_workbench
+            start = time.perf_counter()
             train(model, rows, folder)
-        count = len(rows)
+            seconds = time.perf_counter() - start
     else:
         queries = list(dict.fromkeys(rows["query"]))[:size]
         passages = rows.shuffle(seed=0)["passage"][:candidates]
         pairs = [(q, p) for q in queries for p in passages]
-        model.predict(pairs, batch_size=32, show_progress_bar=False)
         count = len(pairs)
-    seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        model.predict(pairs, batch_size=32, show_progress_bar=False)
+        seconds = time.perf_counter() - start
     return {
         "part": "growth",
         "system": system,
@@ -278,7 +280,8 @@ def _growth_model(system: str):
         return CrossEncoder("minilm-l6-tiny", max_length=64)
     from sentence_transformers.cross_encoder import CrossEncoder as StCrossEncoder
 
-    return StCrossEncoder(embedded.resolve("minilm-l6-tiny")[0], num_labels=1, max_length=64)
+    path, overrides = embedded.resolve("minilm-l6-tiny")  # the same 2 layers as ours
+    return StCrossEncoder(path, num_labels=1, max_length=64, config_kwargs=overrides)
 
 
 def _growth_args(folder: str, cls):
@@ -546,14 +549,17 @@ def tables(results: list[dict]) -> str:
     if growth:
         lines += [
             "",
-            "| rows | candidates per query | seconds | peak RSS MB |",
-            "|---|---|---|---|",
+            "| work | system | pairs | seconds | pairs/s | x ST | peak RSS MB | x ST |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        lines += [
-            f"| {r['rows']} | {r['candidates'] or 'training'} | {r['seconds']} "
-            f"| {r['peak_rss_mb']} |"
-            for r in growth
-        ]
+        for r in growth:
+            ref = _reference(growth, r, ("rows", "candidates"))
+            work = f"score, {r['candidates']} per query" if r["candidates"] else "train 1 epoch"
+            memory = "" if ref is None else f"{r['peak_rss_mb'] / ref['peak_rss_mb']:.2f}"
+            lines.append(
+                f"| {work} | {r['system']} | {r['rows']} | {r['seconds']} | {r['pairs_per_s']} "
+                f"| {_ratio(r, ref)} | {r['peak_rss_mb']} | {memory} |"
+            )
     return "\n".join(lines)
 
 
