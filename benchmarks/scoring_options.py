@@ -22,22 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-MODEL = "ms-marco-minilm-l12"
+import vs_sentence_transformers as bench
+
+MODEL = bench.MODEL
 SCORING = ("autocast", "bf16-weights", "eager-attention", "compile", "pretokenized", "fp32")
 TRAINING = ("autocast", "compile")
-
-
-def scoring_pairs(count: int) -> list[tuple[str, str]]:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from vs_sentence_transformers import evaluator_pairs, scifact_candidates
-
-    return evaluator_pairs(scifact_candidates(None))[:count]
 
 
 def measure_scoring(option: str, count: int) -> dict:
@@ -46,7 +38,7 @@ def measure_scoring(option: str, count: int) -> dict:
 
     from workbench import CrossEncoder
 
-    pairs = scoring_pairs(count)
+    pairs = bench.evaluator_pairs(bench.scifact_candidates(None))[:count]
     model = CrossEncoder(MODEL, max_length=256)
     if option == "eager-attention":
         model.model.set_attn_implementation("eager")
@@ -85,10 +77,9 @@ def measure_training(option: str, steps: int) -> dict:
     from transformers import TrainerCallback, TrainingArguments
 
     from workbench import BinaryCrossEntropyLoss, CrossEncoder, CrossEncoderTrainer
-    from workbench.job import JobConfig, prepare_data, training_pairs
     from workbench.layers import freeze_bottom_layers, set_attention_dropout
 
-    pairs = training_pairs(prepare_data(JobConfig(max_test_queries=1)), 3).shuffle(seed=12)
+    pairs = bench.train_pairs()
     model = CrossEncoder(MODEL, max_length=256)
     freeze_bottom_layers(model, 8)
     set_attention_dropout(model, 0.0)
@@ -158,22 +149,10 @@ def main() -> None:
         args.pairs, args.steps = 320, 10
     cases = []
     if "scoring" in args.parts:
-        cases += [("scoring", o, args.pairs) for o in SCORING]
+        cases += [["scoring", o, str(args.pairs)] for o in SCORING]
     if "training" in args.parts:
-        cases += [("training", o, args.steps) for o in TRAINING]
-    rows = []
-    for part, option, size in cases:
-        done = subprocess.run(
-            [sys.executable, __file__, "--one", part, option, str(size)],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            print(json.dumps({"case": [part, option], "error": done.stderr[-1500:]}), flush=True)
-            continue
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), flush=True)
-    print(table(rows))
+        cases += [["training", o, str(args.steps)] for o in TRAINING]
+    print(table(bench.run_cases(__file__, cases)))
 
 
 if __name__ == "__main__":

@@ -416,6 +416,22 @@ def run_one(case: list[str]) -> dict:
     return measure_growth(rest[0], int(rest[1]), int(rest[2]))
 
 
+def run_cases(script: str, found: list[list[str]]) -> list[dict]:
+    """Run `script --one CASE` for each case in its own process; print and return each JSON
+    result. A failed case prints its error and is left out."""
+    results = []
+    for case in found:
+        done = subprocess.run(
+            [sys.executable, script, "--one", *case], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            print(json.dumps({"case": case, "error": done.stderr[-2000:]}), flush=True)
+            continue
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
 def agreement(results: list[dict]) -> None:
     """Add max |score difference| to sentence-transformers and top-10 agreement per set."""
     for row in results:
@@ -494,16 +510,8 @@ def main() -> None:
         print(json.dumps(run_one(args.one)))
         return
 
-    results = []
-    for case in cases(args.parts.split(","), args.quick, args.test_queries, args.rerank_pairs):
-        done = subprocess.run(
-            [sys.executable, __file__, "--one", *case], capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            print(json.dumps({"case": case, "error": done.stderr[-2000:]}), flush=True)
-            continue
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(json.dumps(results[-1]), flush=True)
+    found = cases(args.parts.split(","), args.quick, args.test_queries, args.rerank_pairs)
+    results = run_cases(__file__, found)
     agreement(results)
     if any(r["part"] == "rerank" for r in results):
         ranking_quality(results)
